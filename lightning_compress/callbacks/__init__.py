@@ -1,0 +1,1 @@
+"""Thin Lightning integration: each callback reads a schedule, calls ``core``, and logs."""
