@@ -1,0 +1,47 @@
+"""Shared test fixtures.
+
+Tests run on 2 CPU cores: keep models tiny and Trainer runs to a few batches.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_script(tmp_path):
+    """Run Python source in a fresh interpreter (for DDP launches and kill/resume tests).
+
+    Returns the ``CompletedProcess``; fails the test with the script's output when it exits non-zero
+    (unless ``check=False``).
+    """
+
+    def _run(source: str, *args: str, timeout: float = 300, check: bool = True, env: dict | None = None):
+        path = tmp_path / f"script_{abs(hash(source)) % 10**8}.py"
+        path.write_text(textwrap.dedent(source))
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, str(path), *args],
+            cwd=tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(f"script exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+        return proc
+
+    return _run
