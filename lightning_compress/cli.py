@@ -1,0 +1,56 @@
+"""``lightning-compress``: the LightningCLI entry point.
+
+Any LightningModule / LightningDataModule works by class path; the zoo's by short name
+(``--model LeNet300100 --data FashionMNISTDataModule``). Every callback of this package is configurable
+under ``trainer.callbacks`` with ``class_path``/``init_args`` in YAML, or on the command line
+(``--trainer.callbacks+=GradualMagnitudePruning --trainer.callbacks.final_sparsity=0.9``).
+
+Importing the package's classes here is what makes their short names resolvable.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+# Modules whose classes become resolvable by short name. A module that fails to import is a bug, not
+# something to hide, so no try/except here.
+_REGISTERED = (
+    "lightning_compress.zoo.models",
+    "lightning_compress.zoo.data",
+    "lightning_compress.callbacks.monitor",
+    "lightning_compress.callbacks.pruning",
+    "lightning_compress.callbacks.sharing",
+    "lightning_compress.callbacks.factorization",
+    "lightning_compress.callbacks.export",
+)
+
+
+def _register() -> None:
+    for name in _REGISTERED:
+        try:
+            import_module(name)
+        except ModuleNotFoundError as err:  # a technique not installed in this build of the package
+            if err.name != name:
+                raise
+
+
+class CompressCLI(LightningCLI):
+    """LightningCLI with the zoo and the compression callbacks registered."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        _register()
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+
+def main(args=None) -> None:
+    CompressCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()
