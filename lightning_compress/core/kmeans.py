@@ -1,0 +1,191 @@
+"""Exact Lloyd k-means in one dimension, fast because the data are scalars.
+
+Weight sharing clusters each layer's weights separately, so every problem is 1-D. In 1-D the clusters of
+sorted centroids are *contiguous runs of the sorted data*, separated by the midpoints between neighbouring
+centroids. So after sorting once (O(n log n)):
+
+* the assignment step is ``searchsorted(sorted_data, midpoints)``: O(k log n) instead of O(n k);
+* the update step reads cluster sums from prefix sums: O(k).
+
+Each Lloyd iteration is therefore independent of n, and the result is the same as plain Lloyd started from
+the same centroids (ties at a midpoint go to the lower centroid, as ``argmin`` does). Labels for the original
+order are computed once at the end by ``searchsorted(midpoints, x)``: O(n log k).
+
+Empty clusters keep their centroid during the iterations (Lloyd's inertia still never increases) and are
+dropped from the result, so a layer may end with fewer than k centroids. With at most k distinct values the
+distinct values themselves are the optimal codebook and are returned directly (constant layers included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Init = Literal["linear", "density", "random", "kmeans++"]
+INITS: tuple[str, ...] = ("linear", "density", "random", "kmeans++")
+
+
+@dataclass
+class KMeansResult:
+    """``centroids`` sorted ascending (k' <= k, no empty cluster); ``labels[i]`` indexes ``centroids``."""
+
+    centroids: torch.Tensor
+    labels: torch.Tensor
+    inertia: float
+    n_iter: int
+    converged: bool
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def _cell_bounds(xs: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Start/end offsets in sorted float64 ``xs`` of each centroid's cell: ``bounds[j]:bounds[j+1]``."""
+    mid = (centroids[:-1] + centroids[1:]) * 0.5
+    inner = torch.searchsorted(xs, mid, right=True)
+    return torch.cat([inner.new_zeros(1), inner, inner.new_tensor([xs.numel()])])
+
+
+def _kmeanspp(xs: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ (D^2 sampling) on sorted data without an O(n k) distance matrix.
+
+    A new centre only changes the distances inside its Voronoi cell, a contiguous run of ``xs``; the mass of
+    every cell comes from prefix sums, so each draw picks a cell by mass (O(k)) and then a point inside it.
+    """
+    n = xs.numel()
+    x64 = xs.double()
+    s1 = torch.cat([x64.new_zeros(1), x64.cumsum(0)])
+    s2 = torch.cat([x64.new_zeros(1), (x64 * x64).cumsum(0)])
+    centres = xs[torch.randint(n, (1,), generator=gen)].double()
+    while centres.numel() < k:
+        b = _cell_bounds(x64, centres)
+        lo, hi = b[:-1], b[1:]
+        cnt = (hi - lo).double()
+        mass = (s2[hi] - s2[lo]) - 2 * centres * (s1[hi] - s1[lo]) + centres * centres * cnt
+        mass = mass.clamp_min(0)
+        if float(mass.sum()) <= 0:
+            break
+        j = int(torch.multinomial(mass, 1, generator=gen))
+        seg = (x64[lo[j] : hi[j]] - centres[j]) ** 2
+        cum = seg.cumsum(0)
+        u = torch.rand((), generator=gen, dtype=torch.float64) * cum[-1]
+        pick = int(torch.searchsorted(cum, u.reshape(1), right=True).clamp_max(seg.numel() - 1))
+        new = x64[lo[j] + pick]
+        centres, _ = torch.sort(torch.cat([centres, new.reshape(1)]))
+    return centres
+
+
+def init_centroids(x: torch.Tensor, k: int, init: Init = "linear", seed: int | None = 0) -> torch.Tensor:
+    """Initial centroids (float64, sorted) for 1-D data ``x`` — the four inits of Deep Compression's study.
+
+    ``linear``: evenly spaced over [min, max] (the paper's best; keeps the rare large weights represented).
+    ``density``: the (i + 1/2)/k quantiles, i.e. evenly spaced on the CDF. ``random`` (Forgy): k distinct
+    data points (distinct positions) drawn uniformly. ``kmeans++``: D^2 sampling. Deterministic for a given ``seed``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    xs = x.detach().reshape(-1)
+    if xs.numel() == 0:
+        raise ValueError("cannot initialise k-means on an empty tensor")
+    xs, _ = torch.sort(xs)
+    return _init_sorted(xs, k, init, seed)
+
+
+def _init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None) -> torch.Tensor:
+    n = xs.numel()
+    if init == "linear":
+        c = torch.linspace(float(xs[0]), float(xs[-1]), k, dtype=torch.float64)
+    elif init == "density":
+        q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+        c = xs[(q * (n - 1)).round().long()].double()
+    elif init == "random":
+        gen = _generator(seed)
+        c = xs[torch.randperm(n, generator=gen)[: min(k, n)]].double()
+    elif init == "kmeans++":
+        c = _kmeanspp(xs, k, _generator(seed))
+    else:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return torch.sort(c)[0]
+
+
+def kmeans_1d(
+    x: torch.Tensor,
+    k: int,
+    init: Init | torch.Tensor = "linear",
+    max_iter: int = 300,
+    tol: float = 0.0,
+    seed: int | None = 0,
+) -> KMeansResult:
+    """Cluster the scalars of ``x`` into at most ``k`` groups with Lloyd's algorithm.
+
+    ``init`` is an init name or a tensor of initial centroids. Iterations stop when the assignment no longer
+    changes, or when the summed squared centroid shift is <= ``tol * var(x)`` (scikit-learn's criterion), or
+    after ``max_iter`` iterations. Centroids are returned in ``x``'s dtype; arithmetic is in float64.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    flat = x.detach().reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        raise ValueError("cannot cluster an empty tensor")
+    out_dtype = flat.dtype if flat.is_floating_point() else torch.float32
+    xs, _ = torch.sort(flat)
+
+    distinct = torch.unique_consecutive(xs)
+    if distinct.numel() <= k:  # every distinct value its own centroid: zero inertia, optimal
+        labels = torch.searchsorted(distinct, flat)
+        return KMeansResult(distinct.to(out_dtype), labels, 0.0, 0, True)
+
+    if isinstance(init, torch.Tensor):
+        c = torch.sort(init.detach().reshape(-1).double().cpu())[0].to(xs.device)
+        if c.numel() < 1:
+            raise ValueError("init tensor must hold at least one centroid")
+    else:
+        c = _init_sorted(xs, k, init, seed).to(xs.device)
+
+    x64 = xs.double()
+    del xs
+    s1 = torch.cat([x64.new_zeros(1), x64.cumsum(0)])
+    tol_abs = tol * float(x64.var(unbiased=False)) if tol > 0 else 0.0
+    bounds = None
+    converged, n_iter = False, 0
+    for n_iter in range(1, max_iter + 1):
+        new_bounds = _cell_bounds(x64, c)
+        if bounds is not None and torch.equal(new_bounds, bounds):
+            converged = True  # assignment unchanged: the centroids are the means already
+            n_iter -= 1
+            break
+        bounds = new_bounds
+        lo, hi = bounds[:-1], bounds[1:]
+        cnt = (hi - lo).double()
+        sums = s1[hi] - s1[lo]
+        new_c = torch.where(cnt > 0, sums / cnt.clamp_min(1), c)
+        shift = float(((new_c - c) ** 2).sum())
+        c = torch.sort(new_c)[0]
+        if shift <= tol_abs:
+            converged = True
+            break
+
+    # Final assignment with the final centroids; drop clusters that ended up empty.
+    bounds = _cell_bounds(x64, c)
+    keep = bounds[1:] > bounds[:-1]
+    c = c[keep]
+    flat64 = flat.double()
+    labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat64, right=False)
+    inertia = float(((flat64 - c[labels]) ** 2).sum())
+    return KMeansResult(c.to(out_dtype), labels, inertia, n_iter, converged)
+
+
+def inertia(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> float:
+    """Sum of squared distances of ``x`` to its assigned centroids (float64)."""
+    return float(((x.detach().reshape(-1).double() - centroids.double()[labels.reshape(-1)]) ** 2).sum())
+
+
+__all__ = ["INITS", "KMeansResult", "inertia", "init_centroids", "kmeans_1d"]

@@ -1,0 +1,258 @@
+"""1-D k-means (core/kmeans) and the codebook math of weight sharing (core/sharing)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_compress.core.kmeans import INITS, init_centroids, kmeans_1d
+from lightning_compress.core.sharing import (
+    centroid_gradient,
+    cluster_weight,
+    decode,
+    index_dtype,
+    recenter,
+    shared_gradient,
+    sharing_rate,
+)
+
+
+def brute_force_lloyd(x: torch.Tensor, c: torch.Tensor, max_iter: int = 1000):
+    """Textbook Lloyd: full distance matrix, argmin (ties -> lowest centroid), empty clusters keep their value."""
+    x = x.double().reshape(-1)
+    c = c.double().clone()
+    labels = None
+    for _ in range(max_iter):
+        d = (x[:, None] - c[None, :]) ** 2
+        new_labels = d.argmin(1)
+        if labels is not None and torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        for j in range(c.numel()):
+            members = x[labels == j]
+            if members.numel():
+                c[j] = members.mean()
+    labels = ((x[:, None] - c[None, :]) ** 2).argmin(1)
+    return c, labels, float(((x - c[labels]) ** 2).sum())
+
+
+def optimal_kmeans(x: torch.Tensor, k: int) -> tuple[float, torch.Tensor]:
+    """Exhaustive optimum (inertia, centroids): in 1-D optimal clusters are contiguous runs of sorted data."""
+    xs = torch.sort(x.double().reshape(-1))[0]
+    n = xs.numel()
+    best, best_c = math.inf, None
+    for cuts in itertools.combinations(range(1, n), min(k, n) - 1):
+        bounds = list(zip((0, *cuts), (*cuts, n)))
+        total = sum(float(((xs[a:b] - xs[a:b].mean()) ** 2).sum()) for a, b in bounds)
+        if total < best:
+            best, best_c = total, torch.stack([xs[a:b].mean() for a, b in bounds])
+    return best, best_c
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_brute_force_lloyd_from_same_init(init, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(150, generator=g), 3 + 0.5 * torch.randn(50, generator=g)])
+    k = 7
+    c0 = init_centroids(x, k, init, seed=seed)
+    res = kmeans_1d(x, k, init=init, seed=seed)
+    ref_c, ref_labels, ref_inertia = brute_force_lloyd(x, c0)
+    assert res.converged
+    assert res.inertia == pytest.approx(ref_inertia, rel=1e-9, abs=1e-12)
+    used = torch.unique(ref_labels)
+    torch.testing.assert_close(res.centroids.double(), ref_c[used].to(torch.float32).double(), rtol=1e-6, atol=1e-6)
+    # Same partition: labels agree up to the renumbering caused by dropping empty clusters.
+    torch.testing.assert_close(res.centroids[res.labels].double(), ref_c[ref_labels].float().double())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_never_below_exhaustive_optimum_on_tiny_inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(10, generator=g)
+    for k in (2, 3, 4):
+        opt, opt_c = optimal_kmeans(x, k)
+        results = [kmeans_1d(x, k, init=i, seed=s).inertia for i in INITS for s in range(3)]
+        assert min(results) >= opt - 1e-9  # Lloyd is local: never better than the optimum
+        # The optimum is a Lloyd fixed point: started there, the algorithm stays and reports its inertia.
+        at_opt = kmeans_1d(x, k, init=opt_c)
+        assert at_opt.inertia == pytest.approx(opt, rel=1e-9, abs=1e-12)
+        torch.testing.assert_close(at_opt.centroids.double(), opt_c.float().double())
+
+
+def test_well_separated_clusters_are_found_exactly():
+    x = torch.tensor([0.0, 0.1, 0.2, 10.0, 10.1, 10.2, 20.0, 20.3])
+    res = kmeans_1d(x, 3)
+    torch.testing.assert_close(res.centroids, torch.tensor([0.1, 10.1, 20.15]))
+    assert res.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+
+
+def test_linear_init_is_evenly_spaced_over_min_max():
+    x = torch.tensor([-2.0, 0.5, 0.7, 6.0])
+    c = init_centroids(x, 5, "linear")
+    torch.testing.assert_close(c, torch.tensor([-2.0, 0.0, 2.0, 4.0, 6.0], dtype=torch.float64))
+
+
+def test_density_init_takes_cdf_quantiles():
+    x = torch.arange(100, dtype=torch.float32)
+    c = init_centroids(x, 4, "density")
+    # quantiles 1/8, 3/8, 5/8, 7/8 of 0..99 -> round(q*99)
+    assert c.tolist() == [12.0, 37.0, 62.0, 87.0]
+
+
+@pytest.mark.parametrize("init", ["random", "kmeans++"])
+def test_sampled_inits_pick_data_points_and_are_deterministic_per_seed(init):
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(3))
+    a = init_centroids(x, 16, init, seed=5)
+    b = init_centroids(x, 16, init, seed=5)
+    c = init_centroids(x, 16, init, seed=6)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.numel() == 16 and torch.isin(a.float(), x).all()
+    assert torch.all(a[1:] > a[:-1])  # sorted, distinct
+
+
+def test_kmeanspp_spreads_over_separated_groups():
+    # Four tight groups far apart: D^2 sampling must put one centre in each of them (probability ~1).
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([m + 0.01 * torch.randn(500, generator=g) for m in (-30.0, -10.0, 10.0, 30.0)])
+    for seed in range(5):
+        c = init_centroids(x, 4, "kmeans++", seed=seed)
+        assert torch.round(c / 10).tolist() == [-3.0, -1.0, 1.0, 3.0]
+
+
+def test_unknown_init_and_bad_k_are_errors():
+    with pytest.raises(ValueError, match="init"):
+        kmeans_1d(torch.randn(10), 3, init="nope")
+    with pytest.raises(ValueError, match="k must"):
+        kmeans_1d(torch.randn(10), 0)
+    with pytest.raises(ValueError, match="empty"):
+        kmeans_1d(torch.zeros(0), 3)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_constant_layer(init):
+    res = kmeans_1d(torch.full((50,), 0.25), 8, init=init)
+    assert res.centroids.tolist() == [0.25]
+    assert res.inertia == 0.0 and torch.all(res.labels == 0)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_fewer_distinct_values_than_k(init):
+    x = torch.tensor([1.0, -1.0, 1.0, 3.0, 3.0, -1.0])
+    res = kmeans_1d(x, 16, init=init)
+    assert res.centroids.tolist() == [-1.0, 1.0, 3.0]
+    assert torch.equal(res.centroids[res.labels], x)
+    assert res.inertia == 0.0
+
+
+def test_empty_clusters_are_dropped_without_nans():
+    # Linear init over [0, 100] with an outlier leaves the middle centroids without members.
+    x = torch.cat([torch.linspace(0, 1, 200), torch.tensor([100.0])])
+    res = kmeans_1d(x, 8, init="linear")
+    assert torch.isfinite(res.centroids).all()
+    assert res.centroids.numel() < 8
+    sizes = torch.bincount(res.labels, minlength=res.centroids.numel())
+    assert torch.all(sizes > 0)
+    assert res.centroids[-1] == 100.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=1, max_size=60),
+    st.integers(1, 10),
+    st.sampled_from(INITS),
+)
+def test_converged_result_is_a_lloyd_fixed_point(values, k, init):
+    x = torch.tensor(values, dtype=torch.float32)
+    res = kmeans_1d(x, k, init=init, max_iter=10_000)
+    c = res.centroids.double()
+    assert res.converged and torch.isfinite(c).all()
+    assert c.numel() <= k and torch.all(c[1:] > c[:-1])
+    # every point sits with a nearest centroid ...
+    d = (x.double()[:, None] - c[None, :]).abs()
+    assert torch.all(d[torch.arange(x.numel()), res.labels] <= d.min(1).values + 1e-9)
+    # ... and every centroid is the mean of its members (up to float32 rounding of the output)
+    for j in range(c.numel()):
+        members = x.double()[res.labels == j]
+        assert members.numel() > 0
+        assert float(c[j]) == pytest.approx(float(members.mean()), rel=1e-6, abs=1e-6)
+
+
+def test_tolerance_stops_early_like_scikit_learn():
+    x = torch.randn(20000, generator=torch.Generator().manual_seed(0))
+    strict = kmeans_1d(x, 16, tol=0.0, max_iter=2000)
+    loose = kmeans_1d(x, 16, tol=1e-2)
+    assert loose.n_iter < strict.n_iter
+    assert loose.inertia >= strict.inertia * (1 - 1e-12)
+
+
+# ---- codebook math (core/sharing) ----
+
+
+def test_cluster_weight_keeps_zeros_out_of_the_codebook():
+    w = torch.tensor([[0.0, 1.0, 1.1, 0.0], [5.0, 5.2, 0.0, 9.0]])
+    sw = cluster_weight(w, 3)
+    assert sw.k == 3 and 0.0 not in sw.centroids.tolist()
+    assert sw.assignment.dtype == torch.uint8 and sw.assignment.shape == w.shape
+    assert sw.assignment[w == 0].tolist() == [3, 3, 3]  # reserved code k
+    decoded = sw.decode()
+    assert torch.equal(decoded == 0, w == 0)
+    assert torch.unique(decoded[w != 0]).numel() == 3
+
+
+def test_index_dtype_is_compact():
+    assert index_dtype(256) == torch.uint8
+    assert index_dtype(257) == torch.int16
+    x = torch.linspace(0.5, 1.5, 4000)  # uniform: linear init leaves no cluster empty
+    assert cluster_weight(x, 256).k == 256
+    assert cluster_weight(x, 256).assignment.dtype == torch.uint8  # 256 codes, nothing pruned
+    x[::2] = 0
+    assert cluster_weight(x, 256).k == 256
+    assert cluster_weight(x, 256).assignment.dtype == torch.int16  # 256 codes + the pruned code
+    assert cluster_weight(x, 255).assignment.dtype == torch.uint8
+
+
+def test_all_zero_layer():
+    sw = cluster_weight(torch.zeros(3, 4), 4)
+    assert sw.k == 0 and torch.equal(sw.decode(), torch.zeros(3, 4))
+
+
+def test_centroid_gradient_sum_and_mean():
+    assignment = torch.tensor([[0, 1, 2], [1, 1, 3]], dtype=torch.uint8)  # 3 = pruned when k = 3
+    grad = torch.tensor([[1.0, 2.0, 3.0], [4.0, 6.0, 100.0]])
+    assert centroid_gradient(grad, assignment, 3, "sum").tolist() == [1.0, 12.0, 3.0]
+    assert centroid_gradient(grad, assignment, 3, "mean").tolist() == [1.0, 4.0, 3.0]
+    g = shared_gradient(grad, assignment, 3)
+    assert g.tolist() == [[1.0, 12.0, 3.0], [12.0, 12.0, 0.0]]
+    with pytest.raises(ValueError, match="reduction"):
+        centroid_gradient(grad, assignment, 3, "max")
+
+
+def test_recenter_projects_onto_cluster_means():
+    assignment = torch.tensor([0, 0, 1, 2], dtype=torch.uint8)
+    w = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    assert recenter(w, assignment, 2).tolist() == [2.0, 5.0]
+    assert decode(torch.tensor([2.0, 5.0]), assignment).tolist() == [2.0, 2.0, 5.0, 0.0]
+
+
+def test_sgd_step_on_shared_gradient_is_the_paper_update():
+    w0 = torch.tensor([0.1, 0.1, -0.4, -0.4, 0.0])
+    sw = cluster_weight(w0, 2)
+    grad = torch.tensor([1.0, 2.0, 3.0, 5.0, 7.0])
+    lr = 0.01
+    w1 = w0 - lr * shared_gradient(grad, sw.assignment, sw.k)
+    # C_k <- C_k - lr * sum of member gradients; the pruned weight stays zero
+    assert torch.allclose(w1, torch.tensor([0.1 - 0.03, 0.1 - 0.03, -0.4 - 0.08, -0.4 - 0.08, 0.0]))
+    assert w1[4] == 0.0
+
+
+def test_sharing_rate_formula():
+    # Deep Compression's example: 16 weights, 4 clusters, 32-bit -> 16*32 / (16*2 + 4*32) = 3.2
+    assert sharing_rate(16, 4) == pytest.approx(3.2)
+    assert sharing_rate(1_000_000, 32) == pytest.approx(32e6 / (5e6 + 1024))
