@@ -63,6 +63,10 @@ class IDXFormatError(IDXError, ValueError):
     """The file exists but is not the IDX data it should be (truncated, wrong magic, wrong shape...)."""
 
 
+def _name(code: int) -> str:
+    return str(IDX_DTYPES[code].newbyteorder("="))
+
+
 def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise IDXFileNotFoundError(f"IDX file not found: {path}")
@@ -91,8 +95,8 @@ def read_idx(path: PathLike, *, ndim: int | None = None, dtype_code: int | None 
         raise IDXFormatError(f"{path}: magic number {magic} is not IDX (expected 0x0000 then a dtype code in "
                              f"{', '.join(f'0x{c:02X}' for c in IDX_DTYPES)})")
     if dtype_code is not None and code != dtype_code:
-        raise IDXFormatError(f"{path}: IDX dtype code is 0x{code:02X} ({IDX_DTYPES[code]}), expected "
-                             f"0x{dtype_code:02X} ({IDX_DTYPES[dtype_code]})")
+        raise IDXFormatError(f"{path}: IDX dtype code is 0x{code:02X} ({_name(code)}), expected "
+                             f"0x{dtype_code:02X} ({_name(dtype_code)})")
     if ndim is not None and n_dims != ndim:
         raise IDXFormatError(f"{path}: magic number {magic} says {n_dims} dimension(s), expected {ndim} "
                              f"(expected magic 0x0000{code:02X}{ndim:02X}; is this the wrong file?)")
