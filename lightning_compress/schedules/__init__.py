@@ -2,3 +2,15 @@
 
 No tensors and no Trainer, so every schedule can be plotted and unit-tested on its own.
 """
+
+from lightning_compress.schedules.sparsity import (
+    SCHEDULE_NAMES,
+    ConstantSchedule,
+    CubicSchedule,
+    ExponentialSchedule,
+    LinearSchedule,
+    MultiStepSchedule,
+    PolynomialSchedule,
+    SparsitySchedule,
+    make_schedule,
+)
