@@ -302,6 +302,7 @@ def test_digits_end_to_end_through_lenet300100():
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 2
+    assert dm.hparams.train_limit == 64 and dm.hparams.val_size == 0.2  # saved for checkpoints and loggers
     assert 0.0 <= float(trainer.callback_metrics["val_acc"]) <= 1.0
     x, _ = next(iter(dm.train_dataloader()))
     assert model(x).shape == (32, 10)

@@ -76,6 +76,13 @@ def _split_count(val_size: int | float, n: int, name: str = "val_size") -> int:
     return count
 
 
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """Pixels as float32 in [0, 1]: uint8 images are divided by 255, float images are taken as they are."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32)
+
+
 class _InMemoryDataModule(pl.LightningDataModule):
     """Shared machinery: seeded train/val split, limits, standardisation, TensorDataset loaders."""
 
@@ -98,6 +105,7 @@ class _InMemoryDataModule(pl.LightningDataModule):
         std: float | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # collects the concrete class's arguments too: logged with checkpoints
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -124,7 +132,8 @@ class _InMemoryDataModule(pl.LightningDataModule):
         self.train_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
 
-    # --- what subclasses provide: images as float in [0, 1], (N, 28, 28) or (N, 1, 28, 28); labels (N,)
+    # --- what subclasses provide: images (N, 28, 28) or (N, 1, 28, 28), uint8 0..255 (kept compact until the
+    # split is made) or float in [0, 1]; labels (N,)
     def _load_train(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
@@ -151,10 +160,10 @@ class _InMemoryDataModule(pl.LightningDataModule):
         n_val = self._val_count(len(images))
         self.val_indices = perm[:n_val][: self.val_limit]
         self.train_indices = perm[n_val:][: self.train_limit]
-        if self.mean is None:
-            self.mean = float(images[self.train_indices].mean())
-        if self.std is None:
-            self.std = float(images[self.train_indices].std())
+        if self.mean is None or self.std is None:
+            pixels = _unit(images[self.train_indices])
+            self.mean = float(pixels.mean()) if self.mean is None else self.mean
+            self.std = float(pixels.std()) if self.std is None else self.std
         self.train_dataset = self._dataset(images[self.train_indices], labels[self.train_indices])
         self.val_dataset = self._dataset(images[self.val_indices], labels[self.val_indices])
 
@@ -165,7 +174,7 @@ class _InMemoryDataModule(pl.LightningDataModule):
         self.test_dataset = self._dataset(images[: self.test_limit], labels[: self.test_limit])
 
     def _dataset(self, images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
-        x = images.to(torch.float32).reshape(-1, *self.dims)
+        x = _unit(images).reshape(-1, *self.dims)
         x = (x - self.mean) / self.std
         return TensorDataset(x.contiguous(), labels.to(torch.int64))
 
@@ -285,7 +294,7 @@ class _IDXDataModule(_InMemoryDataModule):
             raise self._not_found(folder, missing)
         images, labels = read_idx_pair(self._find(folder, IDX_FILES[keys[0]]), self._find(folder, IDX_FILES[keys[1]]),
                                        num_classes=self.num_classes, image_shape=self.dims[1:])
-        return torch.from_numpy(images).float().div_(255.0), torch.from_numpy(labels.astype(np.int64))
+        return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
     def _load_train(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._read("train")
@@ -299,8 +308,8 @@ class MNISTDataModule(_IDXDataModule):
 
     The files may be gzip-compressed or not. When they are absent and ``download`` is true they are
     downloaded from ``mirrors`` and checked against their published MD5 sums; without network a
-    ``DatasetNotFoundError`` says which files to put where. The last ``val_size`` examples of a seeded
-    permutation of the training set form the validation split.
+    ``DatasetNotFoundError`` says which files to put where. ``val_size`` training examples, drawn by a
+    permutation seeded with ``seed``, form the validation split.
     """
 
     NAME = "MNIST"
