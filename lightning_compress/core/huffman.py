@@ -207,6 +207,8 @@ class HuffmanCode:
         return 1 + sum(varint_size(int(c)) for c in per_length) + (symbol_bits * self.symbols.size + 7) // 8
 
     def write_table(self, symbol_bits: int) -> bytes:
+        if self.symbols.size == 0:
+            raise ValueError("an empty code has no table (store an empty stream fixed-width)")
         top = self.max_length
         out = bytearray([top])
         if top:
