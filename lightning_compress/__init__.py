@@ -13,6 +13,7 @@ _LAZY = {
     "GradualMagnitudePruning": "lightning_compress.callbacks.pruning",
     "WeightSharing": "lightning_compress.callbacks.sharing",
     "LowRankFactorization": "lightning_compress.callbacks.factorization",
+    "load_factorized": "lightning_compress.callbacks.factorization",
     "CompressionMonitor": "lightning_compress.callbacks.monitor",
     "save_compressed": "lightning_compress.export",
     "load_compressed": "lightning_compress.export",
