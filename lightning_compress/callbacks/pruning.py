@@ -212,6 +212,15 @@ class GradualMagnitudePruning(Callback):
         self._loaded: dict[str, Any] | None = None
         self._handles: list[Any] = []
 
+    @property
+    @override
+    def state_key(self) -> str:
+        # keyed by what it prunes, so two instances on different layers checkpoint side by side, while a
+        # changed target or schedule still resumes from an older checkpoint
+        return self._generate_state_key(
+            include=self.include, exclude=self.exclude, types=self.types, param_names=list(self.param_names)
+        )
+
     # ---------------------------------------------------------------- hooks, in the order a fit calls them
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
