@@ -568,13 +568,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--exclude", nargs="*", default=None, help="globs of layers to store raw")
     parser.add_argument("--keep-negative-zero", action="store_true", help="store -0.0 exactly (larger file)")
     parser.add_argument("--json", help="also write the report as JSON to this path")
+    parser.add_argument("--no-gzip", action="store_true", help="skip measuring the gzip'd state_dict")
     parser.add_argument("--verify", action="store_true", help="reload the file into a fresh model and compare")
     args = parser.parse_args(argv)
     out = args.output or os.path.splitext(args.checkpoint)[0] + ".lcz"
     try:
         model = load_checkpoint_model(args.model, args.checkpoint)
         report = save_compressed(
-            model, out, include=args.include, exclude=args.exclude, keep_negative_zero=args.keep_negative_zero
+            model,
+            out,
+            include=args.include,
+            exclude=args.exclude,
+            keep_negative_zero=args.keep_negative_zero,
+            compare_gzip=not args.no_gzip,
         )
     except (ValueError, OSError) as err:
         print(f"lightning-compress-export: error: {err}", file=sys.stderr)
