@@ -1,0 +1,372 @@
+"""WeightSharing in real Trainer runs: invariants after every step, schedules, resume, logging, YAML."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_compress import WeightSharing
+from lightning_compress.core.sharing import decode
+from lightning_compress.schedules.events import EventSchedule
+
+
+class TinyNet(pl.LightningModule):
+    """conv -> fc -> fc classifier on 1x6x6 inputs; small enough for many Trainer runs on 2 cores."""
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.05):
+        super().__init__()
+        self.optimizer, self.lr = optimizer, lr
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc1 = nn.Linear(4 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(F.relu(self.conv(x)).flatten(1))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self):
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=1e-3)
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr * 0.1)
+        return torch.optim.AdamW(self.parameters(), lr=self.lr * 0.1, weight_decay=0.05)
+
+
+def loaders(n: int = 96, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 6, 6, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=16, shuffle=True, generator=g), DataLoader(ds, batch_size=32)
+
+
+def make_trainer(tmp_path, callbacks, max_epochs=2, **kw):
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kw,
+    )
+
+
+def hand_prune(model: TinyNet, fraction: float = 0.5) -> dict[str, torch.Tensor]:
+    """Zero the smallest-magnitude ``fraction`` of fc1 by hand; return the zero masks of every weight."""
+    with torch.no_grad():
+        w = model.fc1.weight
+        thresh = w.abs().flatten().kthvalue(int(fraction * w.numel())).values
+        w[w.abs() <= thresh] = 0.0
+    return {n: (p == 0).clone() for n, p in model.named_parameters() if n.endswith("weight")}
+
+
+class HoldZeros(Callback):
+    """Stand-in for a pruning callback: keeps the hand-pruned zeros at zero after every batch."""
+
+    def __init__(self, zeros: dict[str, torch.Tensor]):
+        self.zeros = zeros
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        with torch.no_grad():
+            for name, p in pl_module.named_parameters():
+                if name in self.zeros:
+                    p[self.zeros[name]] = 0.0
+
+
+class InvariantChecker(Callback):
+    """After every training batch: at most k distinct non-zero values per shared layer, pruned zeros kept."""
+
+    def __init__(self, sharing: WeightSharing, zeros: dict[str, torch.Tensor]):
+        self.sharing, self.zeros = sharing, zeros
+        self.checked_steps = 0
+        self.first_centroids: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        params = dict(pl_module.named_parameters())
+        for name, shared in self.sharing.codebooks.items():
+            w = params[name].detach()
+            k = 2 ** self.sharing._bits[name]
+            distinct = torch.unique(w[w != 0])
+            assert distinct.numel() <= k, f"{name}: {distinct.numel()} distinct values > k={k}"
+            assert distinct.numel() <= shared.k
+            assert torch.all(w[self.zeros[name]] == 0), f"{name}: a pruned weight moved"
+            assert torch.equal(w, shared.decode().to(w.dtype)), f"{name}: weights differ from C[assignment]"
+            self.first_centroids.setdefault(name, shared.centroids.clone())
+        if self.sharing.codebooks:
+            self.checked_steps += 1
+
+
+OPTIMIZER_CASES = [
+    pytest.param("sgd", {}, id="sgd-momentum-wd"),
+    pytest.param("adam", {}, id="adam"),
+    pytest.param("adamw", {}, id="adamw"),
+    pytest.param("sgd", {"accumulate_grad_batches": 2}, id="sgd-accumulate2"),
+    pytest.param("adamw", {"precision": "bf16-mixed"}, id="adamw-bf16-mixed"),
+    pytest.param("sgd", {"gradient_clip_val": 0.01}, id="sgd-clip"),
+]
+
+
+@pytest.mark.parametrize("optimizer,trainer_kw", OPTIMIZER_CASES)
+def test_at_most_k_values_and_zeros_stay_zero_after_every_step(tmp_path, optimizer, trainer_kw):
+    torch.manual_seed(0)
+    model = TinyNet(optimizer)
+    zeros = hand_prune(model)
+    train, val = loaders()
+    # Clustering after an epoch of training: momentum / Adam state then differs inside each cluster.
+    sharing = WeightSharing({"conv": 3, "linear": 2}, start_epoch=1, evaluate=False)
+    checker = InvariantChecker(sharing, zeros)
+    make_trainer(tmp_path, [HoldZeros(zeros), sharing, checker], max_epochs=3, **trainer_kw).fit(model, train, val)
+
+    assert set(sharing.codebooks) == {"conv.weight", "fc1.weight", "fc2.weight"}
+    assert checker.checked_steps == 2 * 6  # 2 epochs of 6 batches
+    for name, shared in sharing.codebooks.items():
+        k = 8 if name == "conv.weight" else 4
+        assert 1 <= shared.k <= k
+        # the pruned half of fc1 is not a cluster: exactly its zeros carry the reserved code
+        assert torch.equal(shared.assignment.long() == shared.k, zeros[name])
+        # the centroids were trained, not frozen
+        assert not torch.allclose(shared.centroids, checker.first_centroids[name])
+    fc1 = model.fc1.weight.detach()
+    assert int((fc1 == 0).sum()) == int(zeros["fc1.weight"].sum())
+
+
+def test_plain_sgd_moves_each_centroid_by_lr_times_summed_gradient(tmp_path):
+    """Without momentum/decay the projection is a no-op: C_k(t+1) = C_k(t) - lr * sum of member gradients."""
+
+    class Plain(TinyNet):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    class Probe(Callback):  # runs before WeightSharing: sees the raw per-weight gradient
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if sharing.codebooks:
+                self.before = sharing.codebooks["fc2.weight"].centroids.clone()
+                self.grad = pl_module.fc2.weight.grad.clone()
+                self.raw = True
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if getattr(self, "raw", False):
+                self.after = sharing.codebooks["fc2.weight"].centroids.clone()
+
+    torch.manual_seed(1)
+    sharing = WeightSharing(2, start_step=2, include="fc2", evaluate=False)
+    probe = Probe()
+    train, _ = loaders()
+    make_trainer(tmp_path, [probe, sharing], max_epochs=1, limit_train_batches=3).fit(Plain(), train)
+    shared = sharing.codebooks["fc2.weight"]
+    idx = shared.assignment.long()
+    assert shared.k == 4
+    for j in range(shared.k):
+        summed = probe.grad[idx == j].sum()
+        assert int((idx == j).sum()) > 1
+        assert torch.allclose(probe.after[j], probe.before[j] - 0.01 * summed, atol=1e-6), j
+
+
+def test_layer_by_layer_on_steps(tmp_path):
+    seen: dict[int, set] = {}
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen[trainer.global_step] = set(sharing.codebooks)
+
+    sharing = WeightSharing(2, start_step=2, layer_interval=2, evaluate=False)
+    train, _ = loaders()
+    make_trainer(tmp_path, [sharing, Record()], max_epochs=2).fit(TinyNet(), train)
+    # layer i is clustered before the batch that makes step 2 + 2 i (recorded after it, at step 3 + 2 i)
+    assert seen[2] == set()
+    assert seen[3] == {"conv.weight"}
+    assert seen[5] == {"conv.weight", "fc1.weight"}
+    assert seen[7] == {"conv.weight", "fc1.weight", "fc2.weight"}
+
+
+def test_weights_zeroed_after_clustering_stay_zero(tmp_path):
+    """Another callback (a pruner) zeroing shared weights later: those become pruned, not a cluster."""
+
+    class LatePruner(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                with torch.no_grad():
+                    pl_module.fc1.weight[:, :8] = 0.0
+
+    sharing = WeightSharing(3, start_epoch=1, evaluate=False)
+    train, _ = loaders()
+    model = TinyNet("adam")
+    make_trainer(tmp_path, [sharing, LatePruner()], max_epochs=3).fit(model, train)
+    w = model.fc1.weight.detach()
+    assert torch.all(w[:, :8] == 0)
+    assert torch.unique(w[w != 0]).numel() <= 8
+    assert torch.all(sharing.codebooks["fc1.weight"].assignment[:, :8].long() == sharing.codebooks["fc1.weight"].k)
+
+
+def test_resume_restores_codebooks_and_assignments_exactly(tmp_path):
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = TinyNet("adamw")
+    zeros = hand_prune(model)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    sharing = WeightSharing({"fc1": 3, "*": 4}, start_epoch=0, init="kmeans++", evaluate=False)
+    make_trainer(tmp_path, [sharing, ckpt], max_epochs=2, enable_checkpointing=True).fit(model, train, val)
+    saved = {n: (s.centroids.clone(), s.assignment.clone()) for n, s in sharing.codebooks.items()}
+    assert saved["fc1.weight"][1].dtype == torch.uint8
+
+    restored: dict = {}
+
+    class Capture(Callback):
+        def on_fit_start(self, trainer, pl_module):  # runs after WeightSharing.on_fit_start
+            restored.update({n: (s.centroids.clone(), s.assignment.clone()) for n, s in sharing2.codebooks.items()})
+            restored["weights"] = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+    sharing2 = WeightSharing({"fc1": 3, "*": 4}, start_epoch=0, init="kmeans++", evaluate=False)
+    model2 = TinyNet("adamw")
+    checker = InvariantChecker(sharing2, zeros)
+    make_trainer(tmp_path, [sharing2, Capture(), checker], max_epochs=4, enable_checkpointing=True).fit(
+        model2, train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    for name, (c, a) in saved.items():
+        assert torch.equal(restored[name][0], c)
+        assert torch.equal(restored[name][1], a) and restored[name][1].dtype == a.dtype
+        # assignments stay frozen through the resumed epochs (no re-clustering)
+        assert torch.equal(sharing2.codebooks[name].assignment, a)
+    assert checker.checked_steps == 2 * 6
+    for name, (c, a) in saved.items():
+        assert torch.equal(restored["weights"][name], decode(c, a))  # the model is exactly C[assignment]
+
+
+def test_logs_bits_rates_accuracy_and_histograms(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    train, val = loaders()
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    sharing = WeightSharing(start_epoch=1, eval_batches=2)  # default bits: conv 8, linear 5
+    make_trainer(tmp_path, [sharing], max_epochs=2, logger=logger).fit(TinyNet(), train, val)
+    logger.experiment.flush()
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"histograms": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    for t in ("compress/bits/conv.weight", "compress/bits/fc1.weight", "compress/codebook_size/fc2.weight",
+              "compress/sharing_rate/fc1.weight", "compress/sharing_rate", "compress/sharing/bits_per_weight",
+              "compress/sharing/accuracy_before", "compress/sharing/accuracy_after", "compress/sharing/accuracy_drop"):
+        assert t in scalars, t
+    assert acc.Scalars("compress/bits/fc1.weight")[0].value == 5
+    conv_k = sharing.codebooks["conv.weight"].k  # 36 weights < 256: every distinct value kept
+    assert conv_k == 36 and acc.Scalars("compress/codebook_size/conv.weight")[0].value == 36
+    fc1 = sharing.codebooks["fc1.weight"]
+    n = fc1.assignment.numel()
+    assert acc.Scalars("compress/sharing_rate/fc1.weight")[0].value == pytest.approx(n * 32 / (n * 5 + 32 * 32), rel=1e-6)
+    before = acc.Scalars("compress/sharing/accuracy_before")[0].value
+    after = acc.Scalars("compress/sharing/accuracy_after")[0].value
+    assert 0 <= before <= 1 and 0 <= after <= 1 and sharing.accuracy_before == pytest.approx(before)
+    hists = set(acc.Tags()["histograms"])
+    assert "compress/sharing/weights_before/fc1.weight" in hists and "compress/sharing/centroids/fc1.weight" in hists
+
+
+def test_accuracy_before_after_is_measured_on_validation_data(tmp_path):
+    """The 'just before' accuracy equals the accuracy of the unshared model on the same batches."""
+    torch.manual_seed(0)
+    train, val = loaders()
+    model = TinyNet()
+    measured: dict = {}
+
+    class Measure(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):  # runs before WeightSharing's hook
+            if trainer.current_epoch == 1:
+                with torch.no_grad():
+                    x, y = next(iter(val))
+                    pl_module.eval()
+                    measured["acc"] = float((pl_module(x).argmax(-1) == y).float().mean())
+                    pl_module.train()
+
+    sharing = WeightSharing(1, start_epoch=1, eval_batches=1)
+    make_trainer(tmp_path, [Measure(), sharing], max_epochs=2).fit(model, train, val)
+    assert sharing.accuracy_before == pytest.approx(measured["acc"])
+    assert sharing.accuracy_after is not None
+
+
+def test_constructor_validates_arguments():
+    with pytest.raises(MisconfigurationException, match="bits"):
+        WeightSharing(0)
+    with pytest.raises(MisconfigurationException, match="bits"):
+        WeightSharing({"fc1": 17})
+    with pytest.raises(MisconfigurationException, match="start_epoch or start_step"):
+        WeightSharing(4, start_epoch=1, start_step=10)
+    with pytest.raises(MisconfigurationException, match="init"):
+        WeightSharing(4, init="gaussian")
+    with pytest.raises(MisconfigurationException, match="reduction"):
+        WeightSharing(4, reduction="max")
+    with pytest.raises(MisconfigurationException, match="start_epoch"):
+        WeightSharing(4, start_epoch=-1)
+    with pytest.raises(MisconfigurationException, match="layer_interval"):
+        WeightSharing(4, layer_interval=-2)
+
+
+def test_bits_glob_that_matches_nothing_fails_at_setup(tmp_path):
+    train, _ = loaders()
+    with pytest.raises(ValueError, match="fc9"):
+        make_trainer(tmp_path, [WeightSharing({"fc9": 4, "*": 5})], max_epochs=1).fit(TinyNet(), train)
+
+
+def test_event_schedule():
+    s = EventSchedule(start=3, unit="step", interval=2)
+    names = ["a", "b", "c"]
+    assert s.times(names) == {"a": 3, "b": 5, "c": 7}
+    assert s.due(names, 2) == []
+    assert s.due(names, 5) == ["a", "b"]
+    assert s.due(names, 5, done=["a"]) == ["b"]
+    assert s.due(names, 100, done=["a", "b", "c"]) == []
+    assert EventSchedule(start=1).due(names, 1) == names  # interval 0: all at once
+    assert s.last_time(3) == 7
+    with pytest.raises(ValueError, match="unit"):
+        EventSchedule(unit="hour")
+    with pytest.raises(ValueError, match="start"):
+        EventSchedule(start=-1)
+
+
+def test_yaml_configuration(tmp_path):
+    from lightning_compress.cli import CompressCLI
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        """
+model:
+  class_path: lightning_compress.zoo.models.LeNet300100
+data:
+  class_path: lightning_compress.zoo.data.DigitsDataModule
+trainer:
+  accelerator: cpu
+  callbacks:
+    - class_path: lightning_compress.WeightSharing
+      init_args:
+        bits: {"linear": 6, "fc1*": 4}
+        start_epoch: 3
+        layer_interval: 1
+        init: density
+        reduction: mean
+"""
+    )
+    cli = CompressCLI(args=["--config", str(cfg)], run=False)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, WeightSharing)]
+    assert cb.bits == {"linear": 6, "fc1*": 4}
+    assert (cb.schedule.start, cb.schedule.unit, cb.schedule.interval) == (3, "epoch", 1)
+    assert (cb.init, cb.reduction) == ("density", "mean")
+    cb.setup(cli.trainer, cli.model, "fit")
+    # later mapping entries win: "fc1*" overrides the "linear" default
+    assert cb._bits == {"fc1.weight": 4, "fc2.weight": 6, "fc3.weight": 6}
