@@ -1,0 +1,203 @@
+"""Low-rank factorization on Fashion-MNIST: accuracy vs parameter ratio, before and after fine-tuning, and
+CPU latency against the dense model.
+
+For LeNet-300-100 and LeNet-5: train a dense model, then for each kept-energy threshold tau factorize a copy
+with ``LowRankFactorization(energy=tau, epoch=0)`` inside a one-epoch fit (the factorization happens at the
+start of that fit, the epoch fine-tunes the factors). Test accuracy is measured right after factorizing
+and after the fine-tuning epoch; the dense model trained for the same extra epoch is the reference row.
+Latency: forward passes at batch 1 and batch 256 on CPU (1 thread), factorized and dense timed alternately,
+reported as the median of factorized / dense time (below 1 = faster).
+
+    python benchmarks/factorization.py --quick     # smoke run, < 2 minutes
+    python benchmarks/factorization.py             # full run
+
+Prints a table and writes ``benchmarks/results/factorization[_quick].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lightning_compress import LowRankFactorization
+from lightning_compress.zoo.data import FashionMNISTDataModule
+from lightning_compress.zoo.models import LeNet5, LeNet300100
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def accuracy(model: nn.Module, loader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(-1) == y).sum())
+            total += y.numel()
+    return correct / total
+
+
+def n_params(model: nn.Module) -> int:
+    """Weights and biases of the network (metric buffers excluded)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "_acc" not in n)
+
+
+def _per_call(model: nn.Module, x: torch.Tensor, inner: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        model(x)
+    return (time.perf_counter() - t0) / inner
+
+
+def latency(model: nn.Module, batch: int, shape=(1, 28, 28), repeats: int = 30, min_time: float = 0.002) -> float:
+    """Median seconds per forward pass at ``batch`` (each sample averages enough calls to last ``min_time``)."""
+    model.eval()
+    x = torch.randn(batch, *shape)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        inner = max(1, int(min_time / max(_per_call(model, x, 1), 1e-6)))
+        return statistics.median(_per_call(model, x, inner) for _ in range(repeats))
+
+
+def latency_ratio(model: nn.Module, dense: nn.Module, batch: int, shape=(1, 28, 28), repeats: int = 30,
+                  min_time: float = 0.002) -> float:
+    """Median of factorized / dense time per forward, the two measured alternately so that load from other
+    processes on a shared machine hits both alike."""
+    model.eval()
+    dense.eval()
+    x = torch.randn(batch, *shape)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+            dense(x)
+        inner = max(1, int(min_time / max(_per_call(dense, x, 1), 1e-6)))
+        ratios = [_per_call(model, x, inner) / _per_call(dense, x, inner) for _ in range(repeats)]
+    return statistics.median(ratios)
+
+
+def trainer(max_epochs: int, callbacks=(), limit_train_batches=None) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu", max_epochs=max_epochs, callbacks=list(callbacks), logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_train_batches=limit_train_batches, limit_val_batches=0,
+    )
+
+
+class TestAccAtFactorization(pl.Callback):
+    """Runs right after the factorization callback at the start of the fine-tuning fit."""
+
+    def __init__(self, loader):
+        self.loader, self.acc = loader, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if self.acc is None:
+            was = pl_module.training
+            self.acc = accuracy(pl_module, self.loader)
+            pl_module.train(was)
+
+
+def run_model(name: str, make, dm, args) -> dict:
+    torch.manual_seed(0)
+    dense = make()
+    t0 = time.perf_counter()
+    trainer(args.epochs).fit(dense, datamodule=dm)
+    train_s = time.perf_counter() - t0
+    test = dm.test_dataloader()
+    dense_acc = accuracy(dense, test)
+    dense_params = n_params(dense)
+    dense_lat = {b: latency(dense, b, repeats=args.repeats) for b in (1, 256)}
+
+    # reference: the dense model given the same extra epoch the factorized ones get
+    ref = copy.deepcopy(dense)
+    ref.hparams.lr = args.finetune_lr
+    trainer(1, limit_train_batches=args.finetune_batches).fit(ref, datamodule=dm)
+    rows = [dict(energy=None, label="dense", param_ratio=1.0, params=dense_params, acc_factorized=dense_acc,
+                 acc_finetuned=accuracy(ref, test), latency_ratio_b1=1.0, latency_ratio_b256=1.0, layers={})]
+    for tau in args.energies:
+        model = copy.deepcopy(dense)
+        model.hparams.lr = args.finetune_lr
+        cb = LowRankFactorization(energy=tau, epoch=0, evaluate=False, verbose=False)
+        probe = TestAccAtFactorization(test)
+        trainer(1, [cb, probe], limit_train_batches=args.finetune_batches).fit(model, datamodule=dm)
+        rows.append(dict(
+            energy=tau, label=f"tau={tau}", param_ratio=n_params(model) / dense_params, params=n_params(model),
+            acc_factorized=probe.acc, acc_finetuned=accuracy(model, test),
+            latency_ratio_b1=latency_ratio(model, dense, 1, repeats=args.repeats),
+            latency_ratio_b256=latency_ratio(model, dense, 256, repeats=args.repeats),
+            layers={r.name: dict(kind=r.kind, ranks=list(r.ranks), energy=r.energy, applied=r.applied,
+                                 params_before=r.params_before, params_after=r.params_after, reason=r.reason)
+                    for r in cb.plan},
+        ))
+    return dict(model=name, dense_test_acc=dense_acc, dense_params=dense_params, dense_train_seconds=train_s,
+                dense_latency_s={str(b): v for b, v in dense_lat.items()}, rows=rows)
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['model']}: dense test acc {result['dense_test_acc']:.4f}, {result['dense_params']} params, "
+             f"latency b1 {result['dense_latency_s']['1'] * 1e6:.0f} us, b256 {result['dense_latency_s']['256'] * 1e3:.2f} ms"]
+    head = f"{'row':<10} {'param ratio':>11} {'acc factorized':>14} {'acc +1 epoch':>12} {'lat b1':>7} {'lat b256':>8}  ranks"
+    lines += [head, "-" * len(head)]
+    for r in result["rows"]:
+        ranks = ", ".join(f"{n}:{'x'.join(map(str, l['ranks']))}" + ("" if l["applied"] else "(dense)")
+                          for n, l in r["layers"].items())
+        lines.append(f"{r['label']:<10} {r['param_ratio']:>11.3f} {r['acc_factorized']:>14.4f} {r['acc_finetuned']:>12.4f} "
+                     f"{r['latency_ratio_b1']:>7.2f} {r['latency_ratio_b256']:>8.2f}  {ranks}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run on a subset (< 2 minutes)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
+    p.add_argument("--models", nargs="+", default=["LeNet300100", "LeNet5"], choices=["LeNet300100", "LeNet5"])
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.quick:
+        args.energies, args.epochs, args.repeats = [0.8, 0.95], 1, 10
+        train_limit, test_limit, args.finetune_batches = 4000, 2000, 20
+    else:
+        args.energies, args.epochs, args.repeats = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95], 3, 30
+        train_limit, test_limit, args.finetune_batches = None, None, None
+    args.finetune_lr = 0.01
+    dm = FashionMNISTDataModule(args.data_dir, download=False, batch_size=128, val_size=5000, seed=0,
+                                train_limit=train_limit, test_limit=test_limit, val_limit=1000)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    makers = {"LeNet300100": lambda: LeNet300100(lr=0.05, lr_scheduler="cosine"),
+              "LeNet5": lambda: LeNet5(lr=0.05, lr_scheduler="cosine")}
+    t0 = time.perf_counter()
+    results = []
+    for name in args.models:
+        res = run_model(name, makers[name], dm, args)
+        print(table(res), flush=True)
+        print(flush=True)
+        results.append(res)
+    out = dict(
+        benchmark="factorization", quick=args.quick, dataset="Fashion-MNIST",
+        train_samples=len(dm.train_dataset), test_samples=len(dm.test_dataset), dense_epochs=args.epochs,
+        finetune_epochs=1, finetune_batches=args.finetune_batches, finetune_lr=args.finetune_lr,
+        torch_threads=1, torch=torch.__version__, machine=platform.machine(), processor=platform.processor(),
+        seconds=time.perf_counter() - t0, results=results,
+        notes="param_ratio = all weights+biases after / before; latency_ratio = factorized / dense median forward "
+              "time on CPU, 1 thread; acc_* on the test split; the dense row's acc_finetuned is the dense model "
+              "after the same extra epoch.",
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / ("factorization_quick.json" if args.quick else "factorization.json")
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path} ({out['seconds']:.0f} s)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
