@@ -15,6 +15,7 @@ _LAZY = {
     "LowRankFactorization": "lightning_compress.callbacks.factorization",
     "load_factorized": "lightning_compress.callbacks.factorization",
     "CompressionMonitor": "lightning_compress.callbacks.monitor",
+    "ExportCompressed": "lightning_compress.callbacks.export",
     "save_compressed": "lightning_compress.export",
     "load_compressed": "lightning_compress.export",
     "model_stats": "lightning_compress.core.stats",

@@ -314,11 +314,16 @@ def encode_state_dict(
     return data, report
 
 
+def torch_save_bytes(state_dict: Mapping[str, torch.Tensor]) -> bytes:
+    """``torch.save(state_dict)`` in memory: what a ``.pt`` file of the model would hold."""
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    return buf.getvalue()
+
+
 def gzip_state_dict_bytes(state_dict: Mapping[str, torch.Tensor]) -> int:
     """Size of ``torch.save(state_dict)`` compressed with gzip -9: the usual way to ship a pruned model."""
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
-    return len(gzip.compress(buf.getvalue(), compresslevel=9, mtime=0))
+    return len(gzip.compress(torch_save_bytes(state_dict), compresslevel=9, mtime=0))
 
 
 def compressed_names(
