@@ -308,3 +308,31 @@ def test_ddp_two_processes_identical_factors(run_script, tmp_path):
     name = r0["ranks"][0][0]
     assert not torch.equal(r0["at"][f"{name}.first.weight"], r0["final"][f"{name}.first.weight"])
     assert r0["acc"] == r1["acc"]
+
+
+def test_composition_with_pruning_factorize_first(tmp_path):
+    from lightning_compress import GradualMagnitudePruning
+
+    torch.manual_seed(0)
+    train, val = _loaders(n=128)
+    model = LeNet300100(in_features=64, lr_scheduler="none")
+    _trainer([LowRankFactorization(rank=8)]).fit(model, train, val)
+    # the factors are ordinary Linears: pruning selects and prunes them like any layer
+    _trainer([GradualMagnitudePruning(final_sparsity=0.5, start_epoch=0, end_epoch=1, schedule="constant")]).fit(
+        model, train, val)
+    for name in ("fc1.first", "fc1.second", "fc2.first", "fc3.second"):
+        w = model.get_submodule(name).weight
+        assert int((w == 0).sum()) == w.numel() // 2, name
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    plain = load_factorized(str(tmp_path / "w.pt"), LeNet300100(in_features=64))
+    assert torch.equal(plain.fc1.first.weight, model.fc1.first.weight)
+
+    # the other order in one fit: layers pruned during the fit are not factorized post-hoc without force=True
+    dense = LeNet300100(in_features=64, lr_scheduler="none")
+    cb = LowRankFactorization(rank=8, evaluate=False)
+    pruning = GradualMagnitudePruning(final_sparsity=0.5, start_epoch=0, end_epoch=1, schedule="constant",
+                                      include=["fc1", "fc2"])
+    _trainer([pruning, cb]).fit(dense, train, val)
+    assert type(dense.fc1) is torch.nn.Linear and type(dense.fc2) is torch.nn.Linear
+    assert isinstance(dense.fc3, LowRankLinear)
+    assert "already pruned" in cb.table() and "force=True" in cb.table()
