@@ -42,7 +42,15 @@ weights load, but Lightning restores callback state only after the model, so in 
 registers a ``load_state_dict`` pre-hook on the module that rebuilds the factorized layers the incoming
 state_dict describes (its keys and shapes say exactly which layers and ranks). It works for every path
 into ``load_state_dict`` (``fit/validate/test(ckpt_path=...)``, ``"last"``, HPC) without re-reading the
-file. :func:`load_factorized` does the same for inference without a Trainer.
+file. :func:`load_factorized` does the same for inference without a Trainer. Post-hoc factorization runs
+in ``on_train_end``, after ``ModelCheckpoint`` wrote its files (they hold the dense model): call
+``trainer.save_checkpoint(path)`` after ``fit`` to keep the factorized one.
+
+**Order with the other callbacks**: factorize first, then prune/share. The factors are ordinary
+``nn.Linear``/``nn.Conv2d`` children (``fc1.first``, ``conv2.core``, ...), so a later pruning or sharing
+fit selects them like any layer; a layer that already looks pruned (more than 1% exact zeros) or shared
+(at most 256 distinct values) is left dense unless ``force=True`` (the SVD of a pruned or quantized
+matrix destroys its zeros and codebook). Factors are never factorized again.
 
 Monitoring: per layer ``compress/rank/<layer>`` (``.../in`` and ``.../out`` for Tucker-2),
 ``compress/energy/<layer>``, ``compress/params_before|params_after/<layer>``,
