@@ -32,6 +32,7 @@ a compressed layer comes back as +0.0 unless ``keep_negative_zero=True`` (see ``
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import importlib
 import io
@@ -495,14 +496,26 @@ def check_architecture(stored: Mapping[str, torch.Tensor], model: nn.Module, sou
         )
 
 
-def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+def load_compressed(path: str | os.PathLike, model: nn.Module, rebuild_factorized: bool = True) -> nn.Module:
     """Restore every tensor of ``model`` from ``path`` bit-exactly; returns ``model``.
 
-    The model must have the same state_dict names, shapes and dtypes as the one saved (for a factorized
-    model: factorize the architecture first). Nothing is modified unless the whole file checks out.
+    The model must have the same state_dict names, shapes and dtypes as the one saved. A file saved after
+    low-rank factorization loads into the plain (dense) architecture too: with ``rebuild_factorized`` the
+    factorized layers are rebuilt from the file's keys (``core.lowrank.infer_factorization_plan``) first.
+    Nothing is modified unless the whole file checks out against the (rebuilt) architecture.
     """
     stored = read_compressed(path)
-    check_architecture(stored, model, os.fspath(path))
+    target = model
+    if rebuild_factorized:
+        from lightning_compress.core.lowrank import apply_factorization_plan, infer_factorization_plan
+
+        plan = infer_factorization_plan(stored, model)
+        if plan:
+            target = copy.deepcopy(model)
+            apply_factorization_plan(target, plan)
+    check_architecture(stored, target, os.fspath(path))
+    if target is not model:
+        apply_factorization_plan(model, plan)
     model.load_state_dict(stored, strict=True)
     return model
 

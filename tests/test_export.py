@@ -149,6 +149,22 @@ def test_include_exclude(tmp_path, lenet300):
     assert_same_state(lenet300, fresh)
 
 
+def test_factorized_model_reloads_into_the_dense_architecture(tmp_path, lenet300):
+    from lightning_compress.core.lowrank import factorize_linear, replace_module
+
+    model = LeNet300100()
+    model.load_state_dict(lenet300.state_dict())
+    replace_module(model, "fc1", factorize_linear(model.fc1, rank=20))
+    path = tmp_path / "factorized.lcz"
+    report = save_compressed(model, path, compare_gzip=False)
+    assert {"fc1.first.weight", "fc1.second.weight"} <= {l.name for l in report.layers}
+    fresh = LeNet300100()
+    load_compressed(path, fresh)
+    assert_same_state(model, fresh)
+    with pytest.raises(ArchitectureMismatchError):
+        load_compressed(path, LeNet300100(), rebuild_factorized=False)
+
+
 # ---- errors -------------------------------------------------------------------------------------------
 
 
