@@ -337,3 +337,33 @@ def test_export_callback_writes_file_and_logs(tmp_path):
     assert acc.Scalars("compress/file_bytes")[-1].value == cb.report.file_bytes
     assert acc.Scalars("compress/file_ratio")[-1].value == pytest.approx(cb.report.ratio, rel=1e-5)
     assert any(t.startswith("compress/export") for t in acc.Tags()["tensors"])
+
+
+DDP_SCRIPT = """
+import torch, lightning.pytorch as pl
+from torch.utils.data import DataLoader, TensorDataset
+from lightning_compress.callbacks.export import ExportCompressed
+from lightning_compress.zoo.models import LeNet300100
+
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(128, 64, generator=g), torch.randint(0, 10, (128,), generator=g)
+cb = ExportCompressed("out/model.lcz", compare_gzip=False)
+model = LeNet300100(in_features=64, lr=0.05, lr_scheduler="none")
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, callbacks=[cb], logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=16))
+torch.save({"state": model.state_dict(), "has_report": cb.report is not None}, f"rank{trainer.global_rank}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_export_callback_under_ddp_writes_once_from_rank_zero(run_script, tmp_path):
+    run_script(DDP_SCRIPT, timeout=240)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert r0["has_report"] and not r1["has_report"]
+    stored = read_compressed(tmp_path / "out" / "model.lcz")
+    for k, v in r0["state"].items():
+        assert torch.equal(bit_view(stored[k]), bit_view(v)), k
+        assert torch.equal(v, r1["state"][k]), k
