@@ -16,7 +16,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 # Modules whose classes become resolvable by short name. A module that fails to import is a bug, not
-# something to hide, so no try/except here.
+# something to hide, so there is no try/except around the imports.
 _REGISTERED = (
     "lightning_compress.zoo.models",
     "lightning_compress.zoo.data",
@@ -30,11 +30,7 @@ _REGISTERED = (
 
 def _register() -> None:
     for name in _REGISTERED:
-        try:
-            import_module(name)
-        except ModuleNotFoundError as err:  # a technique not installed in this build of the package
-            if err.name != name:
-                raise
+        import_module(name)
 
 
 class CompressCLI(LightningCLI):

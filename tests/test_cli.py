@@ -1,0 +1,110 @@
+"""The console script: the README's main job end to end (shortened), config printing, short names."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_compress.cli import CompressCLI
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "examples" / "configs" / "quickstart_digits.yaml"
+
+
+def shortened_quickstart(tmp_path: Path) -> Path:
+    """The README's config with the same callbacks on a 4-epoch schedule and a slice of the data."""
+    cfg = yaml.safe_load(QUICKSTART.read_text())
+    cfg["trainer"].update(max_epochs=4, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    cfg["data"]["init_args"].update(train_limit=256, val_limit=128)
+    by_name = {cb["class_path"]: cb for cb in cfg["trainer"]["callbacks"]}
+    by_name["GradualMagnitudePruning"]["init_args"].update(start_epoch=0, end_epoch=2)
+    by_name["WeightSharing"]["init_args"].update(start_epoch=3)
+    by_name["ExportCompressed"]["init_args"]["path"] = str(tmp_path / "model.lcz")
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_quickstart_config_trains_compresses_and_logs_to_tensorboard(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = CompressCLI(args=["fit", "--config", str(shortened_quickstart(tmp_path))])
+    model = cli.model
+
+    for name in ("fc1.weight", "fc2.weight", "fc3.weight"):
+        w = getattr(model, name.split(".")[0]).weight.detach()
+        assert (w == 0).float().mean().item() == pytest.approx(0.9, abs=1 / w.numel())
+        assert torch.unique(w[w != 0]).numel() <= 2**6  # 6-bit codebook, zeros excluded
+
+    # The exported file reloads into a fresh model bit-exactly.
+    from lightning_compress import load_compressed
+    from lightning_compress.zoo import LeNet300100
+
+    fresh = LeNet300100()
+    load_compressed(tmp_path / "model.lcz", fresh)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+    log_dirs = list((tmp_path / "runs" / "quickstart").glob("version_*"))
+    assert len(log_dirs) == 1
+    events = EventAccumulator(str(log_dirs[0]), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for t in ("compress/sparsity", "compress/ratio", "compress/accuracy", "compress/sparsity/fc1.weight",
+              "compress/bits/fc1.weight", "compress/target_sparsity", "val_acc"):
+        assert t in scalars, f"{t} missing from {sorted(scalars)}"
+    assert events.Scalars("compress/sparsity")[-1].value == pytest.approx(0.9, abs=1e-3)
+    assert events.Scalars("compress/bits/fc1.weight")[-1].value == 6
+    assert any(t.startswith("compress/table") for t in events.Tags()["tensors"])
+    assert events.PluginTagToContent("hparams")
+
+
+def test_print_config_resolves_short_names(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_compress.cli", "fit", "--config", str(QUICKSTART), "--print_config"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = yaml.safe_load(proc.stdout)
+    # Short names resolve to this package's classes (jsonargparse prints the shortest import path).
+    from importlib import import_module
+
+    def resolve(path):
+        module, _, name = path.rpartition(".")
+        return getattr(import_module(module), name)
+
+    from lightning_compress import CompressionMonitor, ExportCompressed, GradualMagnitudePruning, WeightSharing
+    from lightning_compress.zoo import LeNet300100
+
+    assert resolve(printed["model"]["class_path"]) is LeNet300100
+    classes = [resolve(cb["class_path"]) for cb in printed["trainer"]["callbacks"]]
+    assert classes == [GradualMagnitudePruning, WeightSharing, ExportCompressed, CompressionMonitor]
+    assert printed["trainer"]["callbacks"][0]["init_args"]["final_sparsity"] == 0.9
+
+
+def test_callbacks_from_the_command_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_compress.cli", "fit", "--model", "LeNet5", "--data", "DigitsDataModule",
+         "--trainer.callbacks+=GradualMagnitudePruning", "--trainer.callbacks.final_sparsity=0.75",
+         "--trainer.callbacks.end_epoch=3", "--print_config"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = yaml.safe_load(proc.stdout)
+    (cb,) = printed["trainer"]["callbacks"]
+    assert cb["init_args"]["final_sparsity"] == 0.75 and cb["init_args"]["end_epoch"] == 3
+
+
+def test_bad_callback_argument_is_rejected_with_its_name(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_compress.cli", "fit", "--model", "LeNet300100", "--data", "DigitsDataModule",
+         "--trainer.callbacks+=GradualMagnitudePruning", "--trainer.callbacks.final_sparsity=1.5",
+         "--trainer.max_epochs=1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "final_sparsity" in proc.stderr
