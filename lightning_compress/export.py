@@ -600,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_negative_zero=args.keep_negative_zero,
             compare_gzip=not args.no_gzip,
         )
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError, KeyError, TypeError) as err:  # bad class path, unreadable or mismatched ckpt
         print(f"lightning-compress-export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}: {report.file_bytes:,} bytes, {report.ratio:.1f}x smaller than dense")

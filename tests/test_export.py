@@ -313,6 +313,8 @@ def test_cli_exports_a_checkpoint(tmp_path, capsys):
     # full class path works too; a bad name is a clean error
     assert main(["lightning_compress.zoo.models.LeNet300100", str(ckpt), "-o", str(tmp_path / "b.lcz"), "--no-gzip"]) == 0
     assert main(["NoSuchNet", str(ckpt)]) == 2
+    assert main(["LeNet5", str(ckpt), "-o", str(tmp_path / "c.lcz"), "--no-gzip"]) == 2  # wrong class for the ckpt
+    assert "error" in capsys.readouterr().err
 
 
 def test_export_callback_writes_file_and_logs(tmp_path):
