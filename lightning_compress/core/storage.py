@@ -291,8 +291,8 @@ def encode_layer(tensor: torch.Tensor, keep_negative_zero: bool = False) -> Laye
     has_zero = nnz < numel
     can_share = 0 < distinct and distinct + 1 <= MAX_CODEBOOK
 
-    # Codebook index of each non-zero when zero (if present in the stream) takes index 0 (zero sorts first
-    # among non-negative patterns, but negative floats have negative patterns: keep zero explicit).
+    # Codebook order: zero first when the value stream holds zeros (dense zeros or sparse fillers), then the
+    # distinct non-zero bit patterns as ``np.unique`` sorts them.
     value_counts = np.bincount(value_idx, minlength=distinct) if distinct else np.zeros(0, dtype=np.int64)
 
     plans: list[tuple[int, dict]] = []
