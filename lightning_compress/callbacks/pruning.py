@@ -211,6 +211,8 @@ class GradualMagnitudePruning(Callback):
         self._steps_per_epoch: int | None = None
         self._loaded: dict[str, Any] | None = None
         self._handles: list[Any] = []
+        self._multipliers: dict[str, torch.Tensor] = {}
+        self._shown: float | None = None
 
     @property
     @override
@@ -270,14 +272,16 @@ class GradualMagnitudePruning(Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         # before Lightning's gradient clipping: pruned weights take no part in the norm nor in the update
         for t in self.targets:
-            grad = t.param.grad
-            if grad is not None:
-                grad.mul_(self.masks[t.name])
+            grad, mask = t.param.grad, self._multipliers.get(t.name)
+            if grad is not None and mask is not None:
+                grad.mul_(mask)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.prog_bar:
+        # the progress bar keeps the last value, so log only when it changes (self.log is not free per step)
+        if self.prog_bar and self._shown != self.sparsity:
             pl_module.log("sparsity", self.sparsity, prog_bar=True, logger=False, on_step=True, on_epoch=False)
+            self._shown = self.sparsity
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -330,6 +334,11 @@ class GradualMagnitudePruning(Callback):
     def _apply_all(self) -> None:
         for t in self.targets:
             M.apply_mask_(t.param, self.masks[t.name])
+        # Hot-path multipliers: the same bytes viewed as uint8 (float * uint8 is ~3x faster than float * bool
+        # in PyTorch's CPU kernels); layers with nothing pruned are skipped entirely.
+        self._multipliers = {
+            t.name: self.masks[t.name].view(torch.uint8) for t in self.targets if not bool(self.masks[t.name].all())
+        }
 
     def _register_post_step_hooks(self, trainer: pl.Trainer) -> None:
         self._remove_hooks()
@@ -343,12 +352,12 @@ class GradualMagnitudePruning(Callback):
             rank_zero_info(f"{_OWNER}: {len(orphans)} pruned tensors are in no optimizer; they stay as pruned")
 
     def _make_post_hook(self, targets: list[Target]):
-        masks = self.masks
-
         def reapply(optimizer: Any, args: Any, kwargs: Any) -> None:
             with torch.no_grad():
                 for t in targets:
-                    t.param.mul_(masks[t.name])
+                    mask = self._multipliers.get(t.name)
+                    if mask is not None:
+                        t.param.mul_(mask)
 
         return reapply
 
