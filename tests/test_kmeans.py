@@ -23,7 +23,8 @@ from lightning_compress.core.sharing import (
 
 
 def brute_force_lloyd(x: torch.Tensor, c: torch.Tensor, max_iter: int = 1000):
-    """Textbook Lloyd: full distance matrix, argmin (ties -> lowest centroid), empty clusters keep their value."""
+    """Textbook Lloyd: full distance matrix, argmin (ties -> lowest centroid); an empty cluster takes the
+    point farthest from its centroid, which leaves its cluster (scikit-learn's rule)."""
     x = x.double().reshape(-1)
     c = c.double().clone()
     labels = None
@@ -32,11 +33,17 @@ def brute_force_lloyd(x: torch.Tensor, c: torch.Tensor, max_iter: int = 1000):
         new_labels = d.argmin(1)
         if labels is not None and torch.equal(new_labels, labels):
             break
-        labels = new_labels
+        labels = new_labels.clone()
+        dist = d[torch.arange(x.numel()), labels]
+        empties = [j for j in range(c.numel()) if not bool((labels == j).any())]
+        far = torch.argsort(dist, descending=True, stable=True)[: len(empties)]
+        for j, p in zip(empties, far.tolist()):
+            labels[p] = j
         for j in range(c.numel()):
             members = x[labels == j]
             if members.numel():
                 c[j] = members.mean()
+        c = torch.sort(c)[0]
     labels = ((x[:, None] - c[None, :]) ** 2).argmin(1)
     return c, labels, float(((x - c[labels]) ** 2).sum())
 
@@ -151,15 +158,25 @@ def test_fewer_distinct_values_than_k(init):
     assert res.inertia == 0.0
 
 
-def test_empty_clusters_are_dropped_without_nans():
-    # Linear init over [0, 100] with an outlier leaves the middle centroids without members.
+def test_empty_clusters_are_relocated_like_the_reference():
+    # Linear init over [0, 100] with an outlier leaves six middle centroids without members at first.
     x = torch.cat([torch.linspace(0, 1, 200), torch.tensor([100.0])])
+    c0 = init_centroids(x, 8, "linear")
+    assert int((torch.bincount(((x[:, None].double() - c0) ** 2).argmin(1), minlength=8) == 0).sum()) == 6
     res = kmeans_1d(x, 8, init="linear")
-    assert torch.isfinite(res.centroids).all()
-    assert res.centroids.numel() < 8
-    sizes = torch.bincount(res.labels, minlength=res.centroids.numel())
-    assert torch.all(sizes > 0)
+    assert torch.isfinite(res.centroids).all() and res.centroids.numel() == 8
+    assert torch.all(torch.bincount(res.labels, minlength=8) > 0)
     assert res.centroids[-1] == 100.0
+    _, _, ref_inertia = brute_force_lloyd(x, c0)
+    assert res.inertia == pytest.approx(ref_inertia, rel=1e-9)
+
+
+def test_clusters_left_empty_at_the_end_are_dropped():
+    # One iteration only: the relocated points make non-empty clusters, nothing NaN, labels index centroids.
+    x = torch.cat([torch.zeros(50), torch.ones(50), torch.tensor([0.5, 100.0])])
+    res = kmeans_1d(x, 6, init="linear", max_iter=1)
+    assert torch.isfinite(res.centroids).all() and res.centroids.numel() <= 6
+    assert torch.all(torch.bincount(res.labels, minlength=res.centroids.numel()) > 0)
 
 
 @settings(max_examples=40, deadline=None)

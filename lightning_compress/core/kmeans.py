@@ -11,9 +11,11 @@ Each Lloyd iteration is therefore independent of n, and the result is the same a
 the same centroids (ties at a midpoint go to the lower centroid, as ``argmin`` does). Labels for the original
 order are computed once at the end by ``searchsorted(midpoints, x)``: O(n log k).
 
-Empty clusters keep their centroid during the iterations (Lloyd's inertia still never increases) and are
-dropped from the result, so a layer may end with fewer than k centroids. With at most k distinct values the
-distinct values themselves are the optimal codebook and are returned directly (constant layers included).
+Empty clusters are handled as scikit-learn does: each one is moved onto one of the points farthest from
+their current centroid, which leaves its old cluster (an O(n) pass, only in iterations that have an empty
+cluster). A cluster still empty at the end is dropped, so a layer may end with fewer than k centroids.
+With at most k distinct values the distinct values themselves are the optimal codebook and are returned
+directly (constant layers included).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 Init = Literal["linear", "density", "random", "kmeans++"]
@@ -36,6 +39,20 @@ class KMeansResult:
     inertia: float
     n_iter: int
     converged: bool
+
+
+def _prefix_sum(values: torch.Tensor) -> torch.Tensor:
+    """``[0, v0, v0+v1, ...]`` (n+1 entries) without an extra copy."""
+    out = values.new_zeros(values.numel() + 1)
+    torch.cumsum(values, 0, out=out[1:])
+    return out
+
+
+def _sorted(flat: torch.Tensor) -> torch.Tensor:
+    """Values sorted ascending. On CPU NumPy's sort is 2-3x faster than ``torch.sort`` (no indices needed)."""
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(flat.numpy()))
+    return torch.sort(flat)[0]
 
 
 def _generator(seed: int | None) -> torch.Generator:
@@ -92,7 +109,7 @@ def init_centroids(x: torch.Tensor, k: int, init: Init = "linear", seed: int | N
     xs = x.detach().reshape(-1)
     if xs.numel() == 0:
         raise ValueError("cannot initialise k-means on an empty tensor")
-    xs, _ = torch.sort(xs)
+    xs = _sorted(xs)
     return _init_sorted(xs, k, init, seed)
 
 
@@ -111,6 +128,47 @@ def _init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None) -> torch
     else:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     return torch.sort(c)[0]
+
+
+def _relocate_empty(
+    x64: torch.Tensor, c: torch.Tensor, bounds: torch.Tensor, sums: torch.Tensor, cnt: torch.Tensor
+) -> None:
+    """Give each empty cluster one of the points farthest from their centroid (in place on sums/cnt).
+
+    Same rule as scikit-learn's Lloyd: distances to the centroids used for this assignment, the m farthest
+    points for m empty clusters, each point removed from its old cluster's sum. In 1-D the points of a cell
+    farthest from its centroid sit at the cell's two ends, so only the m outermost points on each side of
+    each cell are candidates: O(k m) work instead of a pass over all n points.
+    """
+    empty = torch.nonzero(cnt == 0).reshape(-1)
+    m = empty.numel()
+    lo, hi = bounds[:-1], bounds[1:]
+    nonempty = hi > lo
+    lo, hi, cells = lo[nonempty], hi[nonempty], torch.nonzero(nonempty).reshape(-1)
+    steps = torch.arange(m, device=x64.device)
+    left = torch.minimum(lo[:, None] + steps, hi[:, None] - 1)
+    right = torch.maximum(hi[:, None] - 1 - steps, lo[:, None])
+    cand = torch.cat([left, right], 1)  # (cells, 2m) indices into the sorted data
+    owner = cells[:, None].expand_as(cand)
+    cand, first = _unique_with_first(cand.reshape(-1))
+    owner = owner.reshape(-1)[first]
+    dist = (x64[cand] - c[owner]) ** 2
+    order = torch.argsort(dist, descending=True, stable=True)[:m]
+    for e, p, j in zip(empty.tolist(), cand[order].tolist(), owner[order].tolist()):
+        if cnt[j] <= 1:  # never empty a cluster to fill another
+            continue
+        sums[j] -= x64[p]
+        cnt[j] -= 1
+        sums[e] = x64[p]
+        cnt[e] = 1
+
+
+def _unique_with_first(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique values and, for each, the position of one occurrence in ``values``."""
+    uniq, inverse = torch.unique(values, return_inverse=True)
+    first = torch.full((uniq.numel(),), values.numel(), dtype=torch.long, device=values.device)
+    first.scatter_reduce_(0, inverse, torch.arange(values.numel(), device=values.device), reduce="amin")
+    return uniq, first
 
 
 def kmeans_1d(
@@ -136,7 +194,7 @@ def kmeans_1d(
     if n == 0:
         raise ValueError("cannot cluster an empty tensor")
     out_dtype = flat.dtype if flat.is_floating_point() else torch.float32
-    xs, _ = torch.sort(flat)
+    xs = _sorted(flat)
 
     distinct = torch.unique_consecutive(xs)
     if distinct.numel() <= k:  # every distinct value its own centroid: zero inertia, optimal
@@ -152,7 +210,7 @@ def kmeans_1d(
 
     x64 = xs.double()
     del xs
-    s1 = torch.cat([x64.new_zeros(1), x64.cumsum(0)])
+    s1, s2 = _prefix_sum(x64), _prefix_sum(x64 * x64)
     tol_abs = tol * float(x64.var(unbiased=False)) if tol > 0 else 0.0
     bounds = None
     converged, n_iter = False, 0
@@ -166,6 +224,8 @@ def kmeans_1d(
         lo, hi = bounds[:-1], bounds[1:]
         cnt = (hi - lo).double()
         sums = s1[hi] - s1[lo]
+        if bool((cnt == 0).any()):
+            _relocate_empty(x64, c, bounds, sums, cnt)
         new_c = torch.where(cnt > 0, sums / cnt.clamp_min(1), c)
         shift = float(((new_c - c) ** 2).sum())
         c = torch.sort(new_c)[0]
@@ -177,9 +237,10 @@ def kmeans_1d(
     bounds = _cell_bounds(x64, c)
     keep = bounds[1:] > bounds[:-1]
     c = c[keep]
-    flat64 = flat.double()
-    labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat64, right=False)
-    inertia = float(((flat64 - c[labels]) ** 2).sum())
+    labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
+    lo, hi = bounds[:-1][keep], bounds[1:][keep]
+    # Inertia from prefix sums: sum over cells of S2 - 2 c S1 + c^2 n (float64, no pass over the data).
+    inertia = float(((s2[hi] - s2[lo]) - 2 * c * (s1[hi] - s1[lo]) + c * c * (hi - lo)).sum().clamp_min(0))
     return KMeansResult(c.to(out_dtype), labels, inertia, n_iter, converged)
 
 
