@@ -14,3 +14,4 @@ from lightning_compress.schedules.sparsity import (
     SparsitySchedule,
     make_schedule,
 )
+from lightning_compress.schedules.events import EventSchedule
