@@ -203,8 +203,11 @@ def run_timing(name: str, make_model, data, steps: int, warmup: int, reps: int, 
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     wall: dict[str, list[float]] = {k: [] for k in variants}
     updates: list[float] = []
-    for _ in range(reps):  # interleaved so machine noise hits all variants alike
-        for key, fn in variants.items():
+    time_steps(make_model, data, 2, warmup)  # untimed: first-fit costs (allocator, kernels) hit no variant
+    keys = list(variants)
+    for rep in range(reps):  # interleaved, order rotated, so machine noise hits all variants alike
+        for key in keys[rep % len(keys):] + keys[: rep % len(keys)]:
+            fn = variants[key]
             timer, up = time_steps(make_model, data, steps, warmup, fn)
             cpu[key] += timer.cpu
             wall[key] += timer.wall

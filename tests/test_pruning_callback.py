@@ -329,3 +329,40 @@ trainer:
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, GradualMagnitudePruning)]
     assert cb.final_sparsity == 0.8  # taken from the last milestone
     assert cb.schedule.milestones == {1.0: 0.5, 2.5: 0.8}
+
+
+class ManualOpt(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        for _ in range(2):  # two optimizer steps per batch: masks must hold after each
+            loss = torch.nn.functional.cross_entropy(self.net(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+def test_manual_optimization_default_timing_and_hook_cleanup():
+    pl.seed_everything(0)
+    net = ManualOpt()
+    cb = GradualMagnitudePruning(0.75, schedule="linear")  # end_epoch = 0.75 * max_epochs, 10 updates
+    probe = ZeroProbe(cb)
+    t = trainer([cb, probe], max_epochs=4)
+    t.fit(net, loader())
+    assert cb.schedule.end == 3.0 and cb.schedule.frequency == pytest.approx(0.3)
+    assert t.global_step == 2 * 4 * N_BATCHES
+    # epochs count batches, not the two optimizer steps per batch: the last update is at batch 24 (epoch 3.0)
+    counts = [c["net.0.weight"] for c in probe.pruned_counts]
+    assert counts[23] < counts[24] == counts[-1] == round(0.75 * 64 * 32)
+    for name, w in (("net.0.weight", net.net[0].weight), ("net.2.weight", net.net[2].weight)):
+        assert int((w == 0).sum()) == round(0.75 * w.numel()), name
+        assert torch.equal(w != 0, cb.masks[name])
+    assert not t.optimizers[0]._optimizer_step_post_hooks  # removed at the end of the fit

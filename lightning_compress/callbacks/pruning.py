@@ -65,6 +65,10 @@ def _check_fraction(name: str, value: Any) -> None:
             raise ValueError(f"{_OWNER}: {name} must be in [0, 1] (or a mapping of such), got {value!r}")
 
 
+def _is_exponential(schedule: Any) -> bool:
+    return isinstance(schedule, ExponentialSchedule) or (isinstance(schedule, str) and schedule.lower() == "exponential")
+
+
 def _parse_structure(structure: str | None) -> tuple[int, int] | None:
     if structure is None:
         return None
@@ -156,7 +160,7 @@ class GradualMagnitudePruning(Callback):
             if final_sparsity is not None or scope != "layer" or self.nm:
                 raise ValueError(f"{_OWNER}: criterion='std' sets sparsity through sensitivity; do not combine it "
                                  "with final_sparsity, scope='global' or structure")
-            if schedule == "exponential" or isinstance(schedule, ExponentialSchedule):
+            if _is_exponential(schedule):
                 raise ValueError(f"{_OWNER}: criterion='std' needs a schedule whose ramp reaches 1; not exponential")
         elif sensitivity is not None:
             raise ValueError(f"{_OWNER}: sensitivity is only used with criterion='std'")
@@ -181,7 +185,7 @@ class GradualMagnitudePruning(Callback):
             lowest = min(final_sparsity.values()) if isinstance(final_sparsity, Mapping) else final_sparsity
             if lowest < initial_sparsity:
                 raise ValueError(f"{_OWNER}: final_sparsity ({lowest}) is below initial_sparsity ({initial_sparsity})")
-            if (schedule == "exponential" or isinstance(schedule, ExponentialSchedule)) and (
+            if _is_exponential(schedule) and (
                 max(final_sparsity.values()) if isinstance(final_sparsity, Mapping) else final_sparsity
             ) >= 1.0:
                 raise ValueError(f"{_OWNER}: the exponential schedule needs final_sparsity < 1")
@@ -208,7 +212,6 @@ class GradualMagnitudePruning(Callback):
         self.sparsity: float = 0.0
         self._final: dict[str, float] = {}
         self._q: dict[str, float] = {}
-        self._steps_per_epoch: int | None = None
         self._loaded: dict[str, Any] | None = None
         self._handles: list[Any] = []
         self._multipliers: dict[str, torch.Tensor] = {}
@@ -248,12 +251,9 @@ class GradualMagnitudePruning(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule = self._build_schedule(trainer)
-        if self.schedule.unit == "epoch":
-            batches = trainer.num_training_batches
-            if not math.isfinite(batches):
-                raise ValueError(f"{_OWNER}: an epoch-based schedule needs a sized train dataloader; "
-                                 "pass a step-based schedule (unit='step') instead")
-            self._steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        if self.schedule.unit == "epoch" and not math.isfinite(trainer.num_training_batches):
+            raise ValueError(f"{_OWNER}: an epoch-based schedule needs a sized train dataloader; "
+                             "pass a step-based schedule (unit='step') instead")
         if self._loaded is not None:
             self._restore(self._loaded)
             self._loaded = None
@@ -266,7 +266,7 @@ class GradualMagnitudePruning(Callback):
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._maybe_update(trainer)
+        self._maybe_update(trainer, batch_idx)
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
@@ -312,10 +312,15 @@ class GradualMagnitudePruning(Callback):
         return make_schedule(self.schedule_spec, start=self.start_epoch, end=end, frequency=self.update_every,
                              unit="epoch", initial_sparsity=self.initial_sparsity)
 
-    def progress(self, trainer: pl.Trainer) -> float:
-        """Where the fit is, in the schedule's unit (optimizer steps, or fractional epochs)."""
-        step = trainer.global_step
-        return float(step) if self.schedule.unit == "step" else step / self._steps_per_epoch
+    def progress(self, trainer: pl.Trainer, batch_idx: int = 0) -> float:
+        """Where the fit is, in the schedule's unit: optimizer steps, or epochs with the batch fraction.
+
+        Epochs count batches, not optimizer steps, so gradient accumulation and manual optimization (any
+        number of steps per batch) do not stretch the schedule; both are restored exactly on resume.
+        """
+        if self.schedule.unit == "step":
+            return float(trainer.global_step)
+        return trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved = state.get("masks", {})
@@ -366,8 +371,8 @@ class GradualMagnitudePruning(Callback):
             h.remove()
         self._handles = []
 
-    def _maybe_update(self, trainer: pl.Trainer) -> None:
-        point = self.schedule.update_point(self.progress(trainer))
+    def _maybe_update(self, trainer: pl.Trainer, batch_idx: int) -> None:
+        point = self.schedule.update_point(self.progress(trainer, batch_idx))
         if point is None or point == self.last_point:
             return
         self.update_masks(point)
