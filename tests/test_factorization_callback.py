@@ -336,3 +336,20 @@ def test_composition_with_pruning_factorize_first(tmp_path):
     assert type(dense.fc1) is torch.nn.Linear and type(dense.fc2) is torch.nn.Linear
     assert isinstance(dense.fc3, LowRankLinear)
     assert "already pruned" in cb.table() and "force=True" in cb.table()
+
+
+def test_dense_checkpoint_loads_back_into_a_posthoc_factorized_model(tmp_path):
+    """``trainer.test(ckpt_path=<checkpoint written before the post-hoc factorization>)`` must still load."""
+    torch.manual_seed(0)
+    train, val = _loaders(n=64)
+    model = LeNet300100(in_features=64, lr_scheduler="none")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                         callbacks=[LowRankFactorization(rank=4, evaluate=False)])
+    trainer.fit(model, train, val)
+    assert isinstance(model.fc1, LowRankLinear)
+    ckpt = trainer.checkpoint_callback.best_model_path  # written before on_train_end: dense
+    dense_sd = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert "fc1.weight" in dense_sd
+    trainer.validate(model, val, ckpt_path=ckpt, verbose=False)
+    assert type(model.fc1) is torch.nn.Linear and torch.equal(model.fc1.weight, dense_sd["fc1.weight"])

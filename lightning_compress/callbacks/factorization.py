@@ -439,6 +439,14 @@ def _rebuild_before_load(module, state_dict, prefix, local_metadata, strict, mis
     if plan:
         lr.apply_factorization_plan(module, plan)
         rank_zero_info(f"LowRankFactorization: rebuilt factorized layers {[(r.name, r.ranks) for r in plan]} before loading weights")
+    # the other way round, e.g. ``trainer.test(ckpt_path="best")`` after a post-hoc factorization: the file
+    # holds the dense layers, so the module goes back to them
+    dense = [name for name, m in module.named_modules() if isinstance(m, lr.FACTORIZED_TYPES)
+             and f"{name}.weight" in local and f"{name}.first.weight" not in local]
+    for name in dense:
+        lr.replace_module(module, name, lr.dense_shell(module.get_submodule(name)))
+    if dense:
+        rank_zero_info(f"LowRankFactorization: the checkpoint holds {dense} dense; restored the dense layers to load it")
 
 
 def load_factorized(checkpoint_path: str, model: nn.Module, strict: bool = True, map_location: Any = "cpu") -> nn.Module:

@@ -384,6 +384,21 @@ def empty_factorized(module: nn.Module, record: FactorizedLayer) -> nn.Module:
     return out
 
 
+def dense_shell(module: LowRankLinear | TuckerConv2d) -> nn.Module:
+    """The dense layer a factorized module stands for (weights left at their init), to load a dense state_dict."""
+    if isinstance(module, LowRankLinear):
+        w = module.first.weight
+        out = nn.Linear(module.in_features, module.out_features, bias=module.second.bias is not None,
+                        device=w.device, dtype=w.dtype)
+    else:
+        core, w = module.core, module.first.weight
+        out = nn.Conv2d(module.in_channels, module.out_channels, core.kernel_size, stride=core.stride,
+                        padding=core.padding, dilation=core.dilation, bias=module.last.bias is not None,
+                        padding_mode=core.padding_mode, device=w.device, dtype=w.dtype)
+    out.train(module.training)
+    return out
+
+
 # --------------------------------------------------------------------------------------------- model surgery
 def get_module(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
@@ -490,7 +505,7 @@ def plan_table(plan: Sequence[FactorizedLayer]) -> str:
 
 __all__ = [
     "FACTORIZED_TYPES", "FactorizedLayer", "LowRankLinear", "RankRule", "TuckerConv2d", "apply_factorization_plan",
-    "dense_macs", "empty_factorized", "energy_rank", "factorize_conv2d", "factorize_linear", "factorize_module",
+    "dense_macs", "dense_shell", "empty_factorized", "energy_rank", "factorize_conv2d", "factorize_linear", "factorize_module",
     "factorized_macs", "infer_factorization_plan", "inside_factorized", "kept_energy", "layer_looks_compressed",
     "linear_params", "mode_singular_values", "plan_layer", "plan_table", "ratio_rank_linear", "ratio_ranks_tucker2",
     "replace_module", "svd_factors", "tucker2_factors", "tucker2_params",
