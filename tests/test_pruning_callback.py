@@ -262,7 +262,8 @@ trainer:
           init_args: {start: 0, end: 1, power: 2, final_sparsity: 0.3}
 """
     )
-    cli = cli_mod.CompressCLI(args=["--config", str(config)], run=False)
+    # default_root_dir: the CLI saves its config.yaml there when fit starts
+    cli = cli_mod.CompressCLI(args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     cbs = [c for c in cli.trainer.callbacks if isinstance(c, GradualMagnitudePruning)]
     assert len(cbs) == 2
     assert cbs[0].final_sparsity == {"*": 0.8, "fc3*": 0.5} and cbs[0].schedule_spec == "linear"
@@ -325,7 +326,7 @@ trainer:
       init_args: {schedule: {1: 0.5, 2.5: 0.8}}
 """
     )
-    cli = cli_mod.CompressCLI(args=["--config", str(config)], run=False)
+    cli = cli_mod.CompressCLI(args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, GradualMagnitudePruning)]
     assert cb.final_sparsity == 0.8  # taken from the last milestone
     assert cb.schedule.milestones == {1.0: 0.5, 2.5: 0.8}
