@@ -189,7 +189,7 @@ class LowRankFactorization(Callback):
                 f"LowRankFactorization: training ended at epoch {trainer.current_epoch} before epoch={self.epoch}; "
                 "nothing was factorized"
             )
-        elif self.epoch is not None and self.evaluate and "acc_finetuned" not in self.accuracy:
+        elif self.epoch is not None and self.evaluate:  # measured again after every (resumed) fine-tuning fit
             acc = self._evaluate(trainer, pl_module)
             if acc is not None:
                 self.accuracy["acc_finetuned"] = acc
