@@ -259,7 +259,7 @@ class GradualMagnitudePruning(Callback):
             self._loaded = None
         self._apply_all()
         self._register_post_step_hooks(trainer)
-        self.sparsity = self._achieved()[0]
+        self.sparsity, self._shown = self._achieved()[0], None
         if self.schedule.unit == "epoch" and trainer.max_epochs not in (None, -1) and self.schedule.end > trainer.max_epochs:
             rank_zero_warn(f"{_OWNER}: the schedule ends at epoch {self.schedule.end:g} but max_epochs="
                            f"{trainer.max_epochs}; the final sparsity will not be reached")
