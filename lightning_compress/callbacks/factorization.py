@@ -85,7 +85,8 @@ _SUPPORTED = (nn.Linear, nn.Conv2d)
 #: Param-group hyperparameters that LR/momentum schedulers move and that must continue after a rebuild.
 _SCHEDULED_GROUP_KEYS = ("lr", "initial_lr", "momentum", "betas", "max_lr", "min_lr", "max_momentum", "base_momentum")
 
-RuleValue = float | int | Sequence[int]
+# int first: jsonargparse tries union members in order, and `rank: 32` in YAML must stay an int, not 32.0
+RuleValue = int | float | Sequence[int]
 
 
 class LowRankFactorization(Callback):
