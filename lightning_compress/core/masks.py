@@ -8,8 +8,8 @@ Ties are broken deterministically (lowest flat index pruned first, layers in the
 DDP rank holding the same weights computes bit-identical masks without communicating.
 
 * :func:`magnitude_mask` — layer-wise: prune exactly ``round(sparsity * numel)`` weights of least |w|.
-* :func:`global_magnitude_masks` — one threshold over many layers, found by bisection on the float bit
-  pattern, so it never materialises a concatenated copy of all weights (memory = one layer's scratch).
+* :func:`global_magnitude_masks` — one threshold over many layers, found by a radix select on the float
+  bit pattern, so it never materialises a copy of all weights (memory = one layer's scratch).
 * :func:`nm_mask` — N:M structured sparsity (keep N of every M consecutive input weights, e.g. 2:4).
 * :func:`threshold_mask` — Han et al. (2015): prune |w| < q * std(w).
 
@@ -87,9 +87,36 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, mask: torch.Tensor | N
     return mask & ~prune
 
 
-def _count_le(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], bits: int) -> int:
-    value = torch.tensor(bits, dtype=torch.int32).view(torch.float32).item()
-    return sum(int(((s <= value) & m).sum()) for s, m in zip(scores, masks))
+def _score_bits(weight: torch.Tensor) -> torch.Tensor:
+    """|w| as float32 viewed as int32: for non-negative floats the bit patterns sort like the values."""
+    return _scores(weight).view(torch.int32)
+
+
+def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], rank: int) -> int:
+    """Bit pattern of the ``rank``-th smallest (1-based) alive finite |w| over all layers, by radix select.
+
+    Four passes over the weights, one 8-bit digit each (most significant first); each pass histograms one
+    layer at a time the entries whose higher digits match the prefix found so far. Scratch memory is that of
+    one layer (its |w| and the selected entries), never a concatenation of all weights.
+    """
+    prefix = 0
+    for shift in (24, 16, 8, 0):
+        hist = torch.zeros(256, dtype=torch.int64)
+        for w, m in zip(weights, masks):
+            bits = _score_bits(w)
+            sel = m & (bits <= _INF_BITS)  # NaN is never pruned
+            if shift < 24:
+                sel &= (bits >> (shift + 8)) == (prefix >> (shift + 8))
+            digits = (bits[sel] >> shift) & 0xFF
+            hist += torch.bincount(digits.long().cpu(), minlength=256)
+            del bits, sel, digits
+        cum = torch.cumsum(hist, 0)
+        digit = int(torch.searchsorted(cum, torch.tensor(rank)))  # first digit with cum >= rank
+        if digit > 255:
+            raise ValueError(f"rank {rank} exceeds the {int(cum[-1])} alive finite weights")
+        rank -= int(cum[digit - 1]) if digit else 0
+        prefix |= digit << shift
+    return prefix
 
 
 def global_magnitude_masks(
@@ -97,9 +124,10 @@ def global_magnitude_masks(
 ) -> list[torch.Tensor]:
     """One magnitude threshold across all ``weights``: exactly ``round(sparsity * total)`` pruned in all.
 
-    The threshold is the ``need``-th smallest alive |w|, found by bisection over the int32 bit patterns of
-    non-negative floats (about 31 counting passes, each one layer at a time). Unlike ``torch.kthvalue`` over
-    ``torch.cat``, this holds no second copy of every weight. Ties go in layer order, then flat index.
+    The threshold is the ``need``-th smallest alive |w|, found by a radix select over the int32 bit patterns
+    of non-negative floats (four histogram passes, each one layer at a time). Unlike ``torch.kthvalue`` over
+    ``torch.cat`` (or a list of every layer's |w|), it never holds a second copy of all weights: extra memory
+    is one layer's scratch plus the new bool masks. Ties go in layer order, then flat index.
     """
     masks = [_check_mask(w, m) for w, m in zip(weights, masks or [None] * len(weights))]
     total = sum(w.numel() for w in weights)
@@ -107,20 +135,18 @@ def global_magnitude_masks(
     need = k - sum(m.numel() - int(m.sum()) for m in masks)
     if need <= 0:
         return [m.clone() for m in masks]
-    scores = [_scores(w) for w in weights]
-    lo, hi = -1, _INF_BITS  # invariant: count(<= lo) < need <= count(<= hi) (NaN weights are never pruned)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _count_le(scores, masks, mid) >= need:
-            hi = mid
-        else:
-            lo = mid
-    value = torch.tensor(hi, dtype=torch.int32).view(torch.float32).item()
-    out, left = [], need - sum(int(((s < value) & m).sum()) for s, m in zip(scores, masks))
-    for s, m in zip(scores, masks):
+    candidates = sum(int((m & (_score_bits(w) <= _INF_BITS)).sum()) for w, m in zip(weights, masks))
+    need = min(need, candidates)  # NaN weights are never pruned
+    if need <= 0:
+        return [m.clone() for m in masks]
+    value = torch.tensor(_kth_alive_bits(weights, masks, need), dtype=torch.int32).view(torch.float32).item()
+    out, left = [], need - sum(int(((_scores(w) < value) & m).sum()) for w, m in zip(weights, masks))
+    for w, m in zip(weights, masks):
+        s = _scores(w)
         ties = _prune_ties(s, m, value, left)
         left -= int(ties.sum())
         out.append(m & ~((s < value) | ties))
+        del s, ties
     return out
 
 
