@@ -1,0 +1,162 @@
+"""The docs site: it builds with ``mkdocs build --strict`` and its YAML snippets are real configs.
+
+Every ```yaml block in ``docs/`` that configures a callback by ``class_path`` is parsed by the CLI's own
+parser (``CompressCLI(run=False)``), its callbacks are instantiated (``__init__`` validation runs) and then set
+up on the snippet's model (default LeNet-300-100), which checks every glob and per-layer mapping key against
+real layer names. Each callback page must also document every ``__init__`` argument of its callback.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+YAML_BLOCK = re.compile(r"^```yaml[^\n]*\n(.*?)^```", re.S | re.M)
+DEFAULT_MODEL = {"class_path": "LeNet300100"}
+DEFAULT_DATA = {"class_path": "DigitsDataModule"}
+
+
+def yaml_snippets() -> list[tuple[str, int, str]]:
+    """``(page, index, text)`` of every ```yaml block of docs/**.md that holds a ``class_path``."""
+    out = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for i, match in enumerate(YAML_BLOCK.finditer(page.read_text())):
+            if "class_path" in match.group(1):
+                out.append((str(page.relative_to(DOCS)), i, match.group(1)))
+    return out
+
+
+SNIPPETS = yaml_snippets()
+
+
+def _class_paths(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["class_path"]] if "class_path" in node else []
+        for value in node.values():
+            found += _class_paths(value)
+        return found
+    if isinstance(node, list):
+        return [p for item in node for p in _class_paths(item)]
+    return []
+
+
+def test_docs_have_callback_snippets():
+    pages = {page for page, _, _ in SNIPPETS}
+    for name in ("pruning", "sharing", "factorization", "export", "monitor"):
+        assert f"callbacks/{name}.md" in pages, f"docs/callbacks/{name}.md has no YAML example"
+
+
+@pytest.mark.parametrize("page,index,text", SNIPPETS, ids=[f"{p}#{i}" for p, i, _ in SNIPPETS])
+def test_yaml_snippet_instantiates(page, index, text, tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_compress.cli import CompressCLI
+
+    monkeypatch.chdir(tmp_path)  # loggers and checkpoint folders of the snippet land here
+    monkeypatch.setattr(sys, "argv", ["lightning-compress"])  # the CLI reads args=, not pytest's argv
+    config = yaml.safe_load(text)
+    assert isinstance(config, dict) and "trainer" in config, f"{page} block {index}: not a CLI config"
+    config.setdefault("model", DEFAULT_MODEL)
+    config.setdefault("data", DEFAULT_DATA)
+    expected = [p for p in _class_paths(config["trainer"].get("callbacks", []))]
+    path = tmp_path / "snippet.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    cli = CompressCLI(args=["--config", str(path)], run=False)
+
+    ours = [cb for cb in cli.trainer.callbacks if type(cb).__module__.startswith("lightning_compress")]
+    callback_paths = [p for p in expected if not p.startswith("lightning_compress.schedules")]
+    assert len(ours) == len(callback_paths), f"{page} block {index}: {ours} vs {callback_paths}"
+    for cb, class_path in zip(ours, callback_paths):
+        assert type(cb).__name__ == class_path.rpartition(".")[2]
+        assert isinstance(cb, Callback)
+    # setup resolves globs, type aliases and per-layer mappings against the model's real layer names
+    for cb in ours:
+        cb.setup(cli.trainer, cli.model, "fit")
+        if hasattr(cb, "make_plan"):
+            cb.make_plan(cli.model)
+        cb.teardown(cli.trainer, cli.model, "fit")
+
+
+CALLBACK_PAGES = {
+    "callbacks/pruning.md": "lightning_compress.callbacks.pruning:GradualMagnitudePruning",
+    "callbacks/sharing.md": "lightning_compress.callbacks.sharing:WeightSharing",
+    "callbacks/factorization.md": "lightning_compress.callbacks.factorization:LowRankFactorization",
+    "callbacks/export.md": "lightning_compress.callbacks.export:ExportCompressed",
+    "callbacks/monitor.md": "lightning_compress.callbacks.monitor:CompressionMonitor",
+}
+
+
+@pytest.mark.parametrize("page,target", sorted(CALLBACK_PAGES.items()))
+def test_callback_page_documents_every_option(page, target):
+    module, _, name = target.partition(":")
+    cls = getattr(import_module(module), name)
+    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    text = (DOCS / page).read_text()
+    options = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
+    missing = [p for p in params if p not in options]
+    assert not missing, f"{page}: options table lacks {missing}"
+    unknown = sorted(options - set(params))
+    assert not unknown, f"{page}: options table documents arguments {name} does not have: {unknown}"
+
+
+def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO, capture_output=True, text=True, timeout=180, env=env,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    warnings = [line for line in log.splitlines() if "WARNING" in line]
+    assert not warnings, "\n".join(warnings)
+    site = tmp_path / "site"
+    for page in ("index.html", "quickstart/index.html", "schedules/index.html", "cli/index.html",
+                 "format/index.html", "results/index.html", "api/index.html",
+                 *(f"callbacks/{name}/index.html" for name in ("pruning", "sharing", "factorization", "export", "monitor"))):
+        assert (site / page).is_file(), page
+    api = (site / "api" / "index.html").read_text()
+    for documented in ("GradualMagnitudePruning", "WeightSharing", "LowRankFactorization", "ExportCompressed",
+                       "CompressionMonitor", "save_compressed", "load_compressed", "CubicSchedule"):
+        assert documented in api, f"API reference lacks {documented}"
+    images = re.findall(r'<img[^>]+src="([^"]+)"', (site / "schedules" / "index.html").read_text())
+    assert images, "schedules page shows no plot"
+    for src in images:
+        assert (site / "schedules" / src).resolve().is_file(), src
+
+
+def test_index_shows_the_readme_commands():
+    readme = (REPO / "README.md").read_text()
+    commands = re.search(r"```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()[:2]
+    index = (DOCS / "index.md").read_text()
+    for command in commands:
+        assert command in index, f"docs/index.md lacks the README command: {command}"
+
+
+def test_format_page_example_bytes_are_what_the_encoder_writes():
+    text = (DOCS / "format.md").read_text()
+    example = text[text.index("## A complete file"):]
+    code = re.search(r"```python\n(.*?)```", example, re.S).group(1)
+    dump = re.search(r"```text\n(.*?)```", example, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - the page's own example
+    data = namespace["data"]
+    assert bytes.fromhex(dump.replace("\n", " ")) == data
+    assert f"gives these {len(data)} bytes" in example
+    from lightning_compress.export import decode_file
+
+    decoded = decode_file(data)
+    for name, tensor in namespace["state_dict"].items():
+        assert decoded[name].equal(tensor), name
