@@ -21,6 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
+RESULTS = REPO / "benchmarks" / "results"
 YAML_BLOCK = re.compile(r"^```yaml[^\n]*\n(.*?)^```", re.S | re.M)
 DEFAULT_MODEL = {"class_path": "LeNet300100"}
 DEFAULT_DATA = {"class_path": "DigitsDataModule"}
@@ -131,10 +132,21 @@ def test_mkdocs_build_strict(tmp_path):
     for documented in ("GradualMagnitudePruning", "WeightSharing", "LowRankFactorization", "ExportCompressed",
                        "CompressionMonitor", "save_compressed", "load_compressed", "CubicSchedule"):
         assert documented in api, f"API reference lacks {documented}"
-    images = re.findall(r'<img[^>]+src="([^"]+)"', (site / "schedules" / "index.html").read_text())
-    assert images, "schedules page shows no plot"
-    for src in images:
-        assert (site / "schedules" / src).resolve().is_file(), src
+    for page in ("schedules", "results"):
+        html = (site / page / "index.html").read_text()
+        images = re.findall(r'<img[^>]+src="([^"]+)"', html)
+        if page == "schedules" or any(RESULTS.glob("deep_compression*.png")):
+            assert images, f"{page} page shows no plot"
+        for src in images:
+            assert (site / page / src).resolve().is_file(), f"{page}: {src}"
+    results = (site / "results" / "index.html").read_text()
+    assert "<!-- results:" not in results and "Could not render" not in results
+    for path in RESULTS.glob("*.json"):  # every benchmark's numbers are on the page, named by their file
+        if any(path.name.startswith(p) for p in ("deep_compression", "export", "pruning", "sharing", "factorization")):
+            stem = path.stem.removesuffix("_quick")
+            full = RESULTS / f"{stem}.json"
+            if path.name.startswith("export") or path == full or not full.exists():
+                assert path.name in results, f"results page does not show {path.name}"
 
 
 def test_index_shows_the_readme_commands():

@@ -1,0 +1,283 @@
+"""MkDocs hook: the results page is filled from ``benchmarks/results/`` at build time.
+
+``docs/results.md`` holds the prose and markers such as ``<!-- results:pruning -->``; each marker is replaced
+by tables rendered from the benchmark's JSON (or, for the end-to-end benchmark, its own Markdown report), and
+every ``benchmarks/results/*.png`` is published as ``img/results/<name>.png``. So the page always shows the
+numbers of the files committed next to it, and never a number that is not in them. A full run's file is
+preferred over a ``--quick`` smoke run's; the page says which one it shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from mkdocs.structure.files import File
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+MARKER = re.compile(r"<!-- results:([\w-]+) -->")
+log = logging.getLogger("mkdocs.hooks.results")
+
+# Deep Compression (Han, Mao, Dally 2016) on MNIST, as quoted in DESIGN.md ("Numbers to know").
+PAPER = {
+    "lenet300100": {"label": "LeNet-300-100", "weights": "266K", "dense_error": 1.64, "dc_ratio": 40, "dc_error": 1.58,
+                    "dc_steps": "prune 12x, + quantization 32x, + Huffman 40x", "best_ratio": 64, "best_error": 1.94,
+                    "kept": "8% / 9% / 26% (fc1 / fc2 / fc3)", "bits": "6 everywhere"},
+    "lenet5": {"label": "LeNet-5", "weights": "431K", "dense_error": 0.80, "dc_ratio": 39, "dc_error": 0.74,
+               "dc_steps": "", "best_ratio": 162, "best_error": 0.97,
+               "kept": "66% / 12% / 8% / 19% (conv1 / conv2 / fc1 / fc2)", "bits": "conv 8, fc 5"},
+}
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+
+
+def pick(stem: str) -> Path | None:
+    """``<stem>.json`` (full run) if it exists, else ``<stem>_quick.json``, else ``None``."""
+    for name in (f"{stem}.json", f"{stem}_quick.json"):
+        if (RESULTS / name).is_file():
+            return RESULTS / name
+    return None
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def is_quick(data: dict, path: Path) -> bool:
+    meta = data.get("meta", {}) if isinstance(data.get("meta"), dict) else {}
+    flags = [data.get("quick"), meta.get("quick"), data.get("mode") == "quick" if "mode" in data else None,
+             (data.get("config") or {}).get("quick") if isinstance(data.get("config"), dict) else None]
+    known = [f for f in flags if f is not None]
+    return bool(known[0]) if known else path.stem.endswith("_quick")
+
+
+def source(path: Path, data: dict) -> str:
+    kind = ("a **quick** smoke run (`--quick`: few batches, small splits; not the final numbers)"
+            if is_quick(data, path) else "a **full** run")
+    return f"Source: `benchmarks/results/{path.name}`, {kind}."
+
+
+def pct(x: Any, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.{digits}f}%"
+
+
+def num(x: Any, fmt: str = ",") -> str:
+    if x is None:
+        return "n/a"
+    return format(x, fmt)
+
+
+def ratio(x: Any, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{float(x):.{digits}f}x"
+
+
+def table(head: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "|".join("---" if i == 0 else "---:" for i in range(len(head)))
+    lines = ["| " + " | ".join(head) + " |", "|" + align + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def note(text: str) -> str:
+    """A benchmark's own note, quoted, with Markdown's emphasis characters escaped."""
+    return "> Note from the file: " + re.sub(r"([*_`])", r"\\\1", str(text))
+
+
+def image(name: str, alt: str) -> str:
+    return f"![{alt}](img/results/{name})" if (RESULTS / name).is_file() else ""
+
+
+def missing(what: str, command: str) -> str:
+    return f"*Not measured yet:* no `{what}` in `benchmarks/results/` (run `{command}`)."
+
+
+# ---- sections ----------------------------------------------------------------------------------------------
+
+
+def render_paper() -> str:
+    rows = [[p["label"], p["weights"], f"{p['dense_error']:.2f}%",
+             f"{p['dc_ratio']}x at {p['dc_error']:.2f}%" + (f" ({p['dc_steps']})" if p["dc_steps"] else ""),
+             f"{p['best_ratio']}x at {p['best_error']:.2f}% (soft weight sharing)", p["kept"], p["bits"]]
+            for p in PAPER.values()]
+    return table(["model (MNIST)", "weights", "dense error", "Deep Compression", "best known", "kept weights",
+                  "bits"], rows, "---|---:|---:|---|---|---|---")
+
+
+def render_deep_compression() -> str:
+    path = pick("deep_compression")
+    if path is None:
+        return missing("deep_compression.json", "python benchmarks/deep_compression.py")
+    data = load(path)
+    out = [source(path, data), ""]
+    rows = []
+    for net, r in data.get("networks", {}).items():
+        paper = PAPER.get(net, {})
+        p, d = r.get("pipeline", {}), r.get("dense", {})
+        goal = r.get("goal", {})
+        rows.append([paper.get("label", net), "Fashion-MNIST (this package)", str(r.get("epochs", "n/a")),
+                     pct(d.get("test_acc")), pct(p.get("test_acc")),
+                     "n/a" if r.get("accuracy_drop_points") is None else f"{r['accuracy_drop_points']:+.2f}",
+                     ratio(p.get("ratio")), "met" if goal.get("met") else "not met"])
+        if paper:
+            rows.append([paper["label"], "MNIST (paper)", "", f"error {paper['dense_error']:.2f}%",
+                         f"error {paper['dc_error']:.2f}%", f"{paper['dc_error'] - paper['dense_error']:+.2f}",
+                         f"{paper['dc_ratio']}x", ""])
+    out += [table(["network", "data", "epochs", "dense test acc", "compressed test acc", "drop (points)",
+                   "storage ratio", "goal (>= 40x, drop <= 0.3)"], rows, "---|---|---:|---:|---:|---:|---:|---"), ""]
+    out.append("Fashion-MNIST is a harder data set than MNIST, so the accuracies of the two rows are not "
+               "comparable; the ratios are, since both are dense 32-bit bytes over the bytes of the compressed "
+               "model with indices, codebooks and Huffman tables included.")
+    out.append("")
+    for name, alt in ((f"{path.stem}_curves.png", "Accuracy against storage ratio"),
+                      (f"{path.stem}_training.png", "Training curves")):
+        img = image(name, alt)
+        if img:
+            out += [img, ""]
+    report = path.with_suffix(".md")
+    if report.is_file():
+        text = report.read_text()
+        text = re.sub(r"^(#+) ", lambda m: "#" * min(6, len(m.group(1)) + 2) + " ", text, flags=re.M)
+        out += [f"The benchmark's own report (`benchmarks/results/{report.name}`):", "", text]
+    return "\n".join(out)
+
+
+def render_export() -> str:
+    paths = sorted(RESULTS.glob("export*.json"))
+    if not paths:
+        return missing("export.json", "python benchmarks/export.py")
+    out = []
+    for path in paths:
+        data = load(path)
+        meta = data.get("meta", {})
+        out += [source(path, data) + (f" Method: `{meta['method']}`." if meta.get("method") else ""), ""]
+        rows = []
+        for net, r in data.get("results", {}).items():
+            rows.append([net, pct(r.get("test_acc")) if "test_acc" in r else "n/a", num(r.get("dense_bytes")),
+                         num(r.get("file_bytes")), ratio(r.get("ratio_vs_dense")),
+                         ratio(r.get("file_over_entropy_bound"), 3), num(r.get("gzip_state_dict_bytes")),
+                         ratio(r.get("file_over_gzip"), 3), num(r.get("xz_state_dict_bytes")),
+                         ratio(r.get("file_over_xz"), 3)])
+        out += [table(["network", "test acc", "dense bytes", "file bytes", "ratio", "file / entropy bound",
+                       "gzip bytes", "file / gzip", "xz bytes", "file / xz"], rows), ""]
+        if meta.get("note"):
+            out += [note(meta["note"]), ""]
+    return "\n".join(out)
+
+
+def render_pruning() -> str:
+    path = pick("pruning")
+    if path is None:
+        return missing("pruning.json", "python benchmarks/pruning.py")
+    data = load(path)
+    out = [source(path, data), ""]
+    by_target: dict[float, dict[str, dict]] = {}
+    for r in data.get("accuracy", []):
+        by_target.setdefault(r.get("target_sparsity"), {})[r.get("method")] = r
+    dense = by_target.get(0.0, {}).get("dense", {})
+    rows = []
+    for target, methods in sorted(by_target.items(), key=lambda kv: kv[0] or 0.0):
+        if target == 0.0:
+            continue
+        ours, theirs = methods.get("ours", {}), methods.get("lightning", {})
+        rows.append([f"{target:g}", pct(dense.get("test_acc")), pct(ours.get("test_acc")),
+                     pct(ours.get("achieved_sparsity")), pct(theirs.get("test_acc")),
+                     pct(theirs.get("achieved_sparsity"))])
+    out += [table(["target sparsity", "dense test acc", "ours test acc", "ours sparsity",
+                   "Lightning ModelPruning test acc", "its sparsity"], rows), ""]
+    timing = data.get("timing", [])
+    if timing:
+        rows = []
+        for t in timing:
+            cpu = t.get("ratio_cpu_vs_dense", {})
+            rows.append([t.get("model", "n/a"), ratio(cpu.get("ours"), 2), ratio(cpu.get("lightning_modelpruning"), 2),
+                         num(t.get("steps_timed_per_variant"), "d")])
+        out += ["Training-step time relative to the dense model (median CPU time per step):", "",
+                table(["model", "ours", "Lightning ModelPruning", "steps timed"], rows), ""]
+    return "\n".join(out)
+
+
+def render_sharing() -> str:
+    out = []
+    path = pick("sharing_bits")
+    if path is None:
+        out.append(missing("sharing_bits.json", "python benchmarks/sharing.py"))
+    else:
+        data = load(path)
+        out += [source(path, data) + f" {data.get('model', '')}, {data.get('dataset', '')}; centroid fine-tuning: "
+                f"{data.get('finetune_optimizer', 'n/a')}, reduction `{data.get('reduction', 'n/a')}`.", ""]
+        rows = [[r.get("base", "n/a"), str(r.get("bits", "n/a")), pct(r.get("base_test_acc")),
+                 pct(r.get("clustered_test_acc")), pct(r.get("finetuned_test_acc")),
+                 ratio(r.get("estimated_storage_ratio"))] for r in data.get("rows", [])]
+        out += [table(["base model", "bits", "before clustering", "after clustering", "after fine-tuning",
+                       "estimated storage ratio (no Huffman)"], rows), ""]
+    path = pick("sharing_kmeans")
+    if path is not None:
+        data = load(path)
+        out += ["1-D k-means against scikit-learn's `KMeans` (same initial centroids):", "", source(path, data), ""]
+        rows = [[num(r.get("n")), str(r.get("k", "n/a")), f"{r['ours_s']:.3g} s" if r.get("ours_s") else "n/a",
+                 f"{r['sklearn_s']:.3g} s" if r.get("sklearn_s") else "n/a", ratio(r.get("speedup")),
+                 "n/a" if r.get("inertia_ratio_ours_over_sklearn") is None
+                 else f"{r['inertia_ratio_ours_over_sklearn']:.4f}"] for r in data.get("rows", [])]
+        out += [table(["weights", "k", "ours", "scikit-learn", "speed-up", "inertia ours / scikit-learn"], rows), ""]
+    return "\n".join(out)
+
+
+def render_factorization() -> str:
+    path = pick("factorization")
+    if path is None:
+        return missing("factorization.json", "python benchmarks/factorization.py")
+    data = load(path)
+    out = [source(path, data) + ("" if data.get("complete", True) else " The run did not finish every setting."), ""]
+    rows = []
+    for model in data.get("results", []):
+        for r in model.get("rows", []):
+            rows.append([model.get("model", "n/a"), r.get("label", "n/a"), ratio(r.get("param_ratio"), 3),
+                         pct(r.get("acc_factorized")), pct(r.get("acc_finetuned")),
+                         ratio(r.get("latency_ratio_b1"), 2), ratio(r.get("latency_ratio_b256"), 2)])
+    out += [table(["model", "rule", "params after / before", "test acc after factorizing",
+                   "after 1 fine-tuning epoch", "CPU latency ratio, batch 1", "batch 256"], rows), ""]
+    if data.get("notes"):
+        out += [note(data["notes"]), ""]
+    return "\n".join(out)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    "paper": render_paper,
+    "deep_compression": render_deep_compression,
+    "export": render_export,
+    "pruning": render_pruning,
+    "sharing": render_sharing,
+    "factorization": render_factorization,
+}
+
+
+# ---- MkDocs events -----------------------------------------------------------------------------------------
+
+
+def on_files(files, config):
+    for png in sorted(RESULTS.glob("*.png")):
+        files.append(File.generated(config, f"img/results/{png.name}", abs_src_path=str(png)))
+    return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if page.file.src_uri != "results.md":
+        return markdown
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in RENDERERS:
+            log.warning("results.md: unknown marker %r (known: %s)", name, ", ".join(RENDERERS))
+            return match.group(0)
+        try:
+            return RENDERERS[name]()
+        except Exception as err:  # noqa: BLE001 - a changed JSON layout must fail the strict build, loudly
+            log.warning("results.md: cannot render %r from benchmarks/results: %r", name, err)
+            return f"*Could not render `{name}`: {err!r}*"
+
+    return MARKER.sub(replace, markdown)
