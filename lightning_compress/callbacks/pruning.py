@@ -44,7 +44,8 @@ from typing_extensions import override
 
 from lightning_compress.callbacks._logging import log_scalars, tag
 from lightning_compress.core import masks as M
-from lightning_compress.core.targets import Target, find_targets, per_target_value
+from lightning_compress.callbacks._conflicts import check_compression_callbacks
+from lightning_compress.core.targets import Target, find_targets, per_target_value, resolve_types
 from lightning_compress.schedules.sparsity import (
     SCHEDULE_NAMES,
     ExponentialSchedule,
@@ -63,6 +64,10 @@ def _check_fraction(name: str, value: Any) -> None:
     for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"{_OWNER}: {name} must be in [0, 1] (or a mapping of such), got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_exponential(schedule: Any) -> bool:
@@ -130,12 +135,16 @@ class GradualMagnitudePruning(Callback):
             raise ValueError(f"{_OWNER}: scope must be 'layer' or 'global', got {scope!r}")
         if criterion not in ("magnitude", "std"):
             raise ValueError(f"{_OWNER}: criterion must be 'magnitude' or 'std', got {criterion!r}")
-        if not isinstance(start_epoch, (int, float)) or start_epoch < 0:
-            raise ValueError(f"{_OWNER}: start_epoch must be >= 0, got {start_epoch!r}")
-        if end_epoch is not None and (not isinstance(end_epoch, (int, float)) or end_epoch < start_epoch):
-            raise ValueError(f"{_OWNER}: end_epoch ({end_epoch!r}) must be a number >= start_epoch ({start_epoch})")
-        if update_every is not None and (not isinstance(update_every, (int, float)) or not update_every > 0):
-            raise ValueError(f"{_OWNER}: update_every must be > 0 epochs, got {update_every!r}")
+        if not _is_number(start_epoch) or start_epoch < 0:
+            raise ValueError(f"{_OWNER}: start_epoch must be a finite number >= 0, got {start_epoch!r}")
+        if end_epoch is not None and (not _is_number(end_epoch) or end_epoch < start_epoch):
+            raise ValueError(f"{_OWNER}: end_epoch ({end_epoch!r}) must be a finite number >= start_epoch ({start_epoch})")
+        if update_every is not None and (not _is_number(update_every) or not update_every > 0):
+            raise ValueError(f"{_OWNER}: update_every must be a finite number > 0 (epochs), got {update_every!r}")
+        try:
+            resolve_types(types)
+        except ValueError as err:
+            raise ValueError(f"{_OWNER}: {err}") from None
         _check_fraction("initial_sparsity", initial_sparsity)
         self.nm = _parse_structure(structure)
 
@@ -231,16 +240,27 @@ class GradualMagnitudePruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        check_compression_callbacks(trainer, pl_module, self, stage)
+        previous = {t.name: t.param for t in self.targets}
         self.targets = find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)
+        if self.nm is not None:  # fail now rather than at the first mask update
+            for t in self.targets:
+                cols = t.param.numel() // t.param.shape[0] if t.param.dim() >= 2 else 0
+                if t.param.dim() < 2 or cols % self.nm[1]:
+                    raise ValueError(f"{_OWNER}: structure='{self.nm[0]}:{self.nm[1]}' needs layer {t.name} "
+                                     f"(shape {tuple(t.param.shape)}) to have an input size divisible by {self.nm[1]}")
         if self.criterion == "std":
             self._q = per_target_value(self.sensitivity, self.targets, _OWNER, "sensitivity")
         else:
             self._final = per_target_value(self.final_sparsity, self.targets, _OWNER, "final_sparsity")
         kept = {}
-        for t in self.targets:  # a second fit with the same callback keeps its masks (they only grow)
+        for t in self.targets:  # a second fit of the same model keeps its masks (they only grow)...
             old = self.masks.get(t.name)
-            same = old is not None and old.shape == t.param.shape
+            same = old is not None and previous.get(t.name) is t.param and old.shape == t.param.shape
             kept[t.name] = old.to(t.param.device) if same else torch.ones_like(t.param, dtype=torch.bool)
+        if self.masks and not any(previous.get(t.name) is t.param for t in self.targets):
+            # ...while another model (same callback object) starts its schedule afresh
+            self.last_point, self.current_target = None, {}
         self.masks = kept
 
     @override
@@ -382,6 +402,12 @@ class GradualMagnitudePruning(Callback):
     def update_masks(self, point: float) -> None:
         """Recompute masks for the schedule's target at ``point`` and zero the newly pruned weights."""
         sched, params = self.schedule, [t.param for t in self.targets]
+        for t in self.targets:  # NaN has no magnitude: a diverged layer must not be pruned as if it were fine
+            if not bool(torch.isfinite(t.param).all()):
+                bad = int((~torch.isfinite(t.param)).sum())
+                raise FloatingPointError(f"{_OWNER}: layer {t.name} has {bad} non-finite weights (NaN/inf) at the "
+                                         f"mask update at {sched.unit} {point:g}; training diverged before pruning "
+                                         "(lower the learning rate, clip gradients)")
         if self.criterion == "std":
             ramp = sched.target(point, final=1.0, initial=0.0)
             for t in self.targets:
