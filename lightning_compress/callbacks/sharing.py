@@ -51,15 +51,16 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_compress.callbacks._logging import log_histogram, log_scalars, log_text, tag
+from lightning_compress.callbacks._conflicts import check_compression_callbacks
 from lightning_compress.core.kmeans import INITS
 from lightning_compress.core.sharing import (
     SharedWeight,
+    centroid_gradient,
     cluster_weight,
     decode,
     index_bits,
     index_dtype,
     recenter,
-    shared_gradient,
     sharing_rate,
 )
 from lightning_compress.core.targets import Target, find_targets, per_target_value
@@ -128,11 +129,11 @@ class WeightSharing(Callback):
             raise MisconfigurationException(f"WeightSharing: init must be one of {INITS}, got {init!r}")
         if reduction not in ("sum", "mean"):
             raise MisconfigurationException(f"WeightSharing: reduction must be 'sum' or 'mean', got {reduction!r}")
-        if max_iter < 1:
-            raise MisconfigurationException(f"WeightSharing: max_iter must be >= 1, got {max_iter}")
-        if tol < 0:
-            raise MisconfigurationException(f"WeightSharing: tol must be >= 0, got {tol}")
-        if eval_batches is not None and eval_batches < 1:
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise MisconfigurationException(f"WeightSharing: max_iter must be an int >= 1, got {max_iter!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
+            raise MisconfigurationException(f"WeightSharing: tol must be a number >= 0, got {tol!r}")
+        if eval_batches is not None and (isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1):
             raise MisconfigurationException(f"WeightSharing: eval_batches must be >= 1 or None, got {eval_batches}")
         unit, start = ("step", start_step) if start_step is not None else ("epoch", start_epoch or 0)
         try:
@@ -169,7 +170,14 @@ class WeightSharing(Callback):
     # -- hooks, in the order a fit calls them ----------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_compression_callbacks(trainer, pl_module, self, stage)
         self._targets = find_targets(pl_module, self.include, self.exclude, self.types, owner="WeightSharing")
+        current = {t.name: t.param for t in self._targets}
+        stale = [name for name, layer in self._layers.items() if current.get(name) is not layer.param]
+        if stale:  # reused on another model: its layers are not shared yet, start afresh
+            for name in stale:
+                del self._layers[name]
+            self.accuracy_before = self.accuracy_after = None
         if self.bits is None:
             self._bits = {t.name: DEFAULT_CONV_BITS if t.is_conv else DEFAULT_FC_BITS for t in self._targets}
         else:
@@ -203,13 +211,18 @@ class WeightSharing(Callback):
         optimizer = getattr(optimizer, "_optimizer", optimizer)
         self._ensure_hook(optimizer)
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
         with torch.no_grad():
-            for layer in self._layers.values():
+            for name, layer in self._layers.items():
                 p = layer.param
                 if id(p) not in owned or p.grad is None:
                     continue
                 self._absorb_new_zeros(layer)
-                p.grad.copy_(shared_gradient(p.grad, layer.shared.assignment, layer.shared.k, self.reduction))
+                g = centroid_gradient(p.grad, layer.shared.assignment, layer.shared.k, self.reduction)
+                if scaler is None and not bool(torch.isfinite(g).all()):  # (a grad scaler skips such steps)
+                    raise FloatingPointError(f"WeightSharing: non-finite gradient (NaN/inf) for shared layer "
+                                             f"{name} at step {trainer.global_step}; it would poison whole clusters")
+                p.grad.copy_(decode(g, layer.shared.assignment.to(p.grad.device)))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -258,6 +271,10 @@ class WeightSharing(Callback):
             target = by_name[name]
             bits = self._bits[name]
             weight = target.param.detach()
+            if not bool(torch.isfinite(weight).all()):
+                raise FloatingPointError(
+                    f"WeightSharing: layer {name} has {int((~torch.isfinite(weight)).sum())} non-finite weights "
+                    f"(NaN/inf) at clustering ({self.schedule.unit} {progress}); k-means cannot place them")
             if self.log_histograms and bool((weight != 0).any()):
                 log_histogram(trainer, tag("sharing", "weights_before", name), weight[weight != 0])
             shared = cluster_weight(weight, 2**bits, init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol)
@@ -304,7 +321,13 @@ class WeightSharing(Callback):
                     f"WeightSharing: checkpoint assignment of {name!r} has shape {tuple(entry['assignment'].shape)}, "
                     f"the layer {tuple(target.param.shape)}"
                 )
-            self._attach(target, int(entry["bits"]), SharedWeight(entry["centroids"], entry["assignment"]))
+            centroids, assignment, bits = entry["centroids"], entry["assignment"], int(entry["bits"])
+            k = centroids.numel()
+            if k > 2**bits or (assignment.numel() and int(assignment.max()) > k) or not bool(torch.isfinite(centroids).all()):
+                raise MisconfigurationException(
+                    f"WeightSharing: checkpoint codebook of {name!r} is inconsistent ({k} centroids for {bits} bits, "
+                    f"largest code {int(assignment.max()) if assignment.numel() else None}); corrupted checkpoint?")
+            self._attach(target, bits, SharedWeight(centroids, assignment))
         self.accuracy_before = state.get("accuracy_before")
         self.accuracy_after = state.get("accuracy_after")
 
