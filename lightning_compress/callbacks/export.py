@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
 from lightning_compress.export import CompressionReport, report_scalars, save_compressed
 
@@ -60,6 +61,10 @@ class ExportCompressed(Callback):
         self.compare_gzip = compare_gzip
         #: The report of the last export (rank zero only; ``None`` elsewhere and before fit ends).
         self.report: CompressionReport | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded_strategy(trainer, "ExportCompressed")
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -75,6 +75,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
 from lightning_compress.core import lowrank as lr
 from lightning_compress.core.targets import find_targets, per_target_value
@@ -172,6 +173,7 @@ class LowRankFactorization(Callback):
     # ------------------------------------------------------------------ hooks, in the order a fit calls them
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded_strategy(trainer, "LowRankFactorization")
         # before Lightning restores a checkpoint's weights: rebuild whatever factorized layers they describe
         if self._hook_handle is None:
             self._hook_handle = pl_module.register_load_state_dict_pre_hook(_rebuild_before_load)

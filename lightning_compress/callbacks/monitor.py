@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
 from lightning_compress.core.stats import ModelStats, model_stats
 from lightning_compress.core.targets import find_targets
@@ -89,6 +90,7 @@ class CompressionMonitor(Callback):
     # -- hooks, in the order a fit calls them ----------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded_strategy(trainer, "CompressionMonitor")
         # Fail before the first step when the selection is wrong, not at the first validation.
         find_targets(pl_module, self.include, self.exclude, self.types, owner="CompressionMonitor")
 

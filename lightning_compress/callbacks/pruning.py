@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_scalars, tag
 from lightning_compress.core import masks as M
 from lightning_compress.callbacks._conflicts import check_compression_callbacks
@@ -240,6 +241,7 @@ class GradualMagnitudePruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_sharded_strategy(trainer, _OWNER)
         check_compression_callbacks(trainer, pl_module, self, stage)
         previous = {t.name: t.param for t in self.targets}
         self.targets = find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)

@@ -50,6 +50,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from typing_extensions import override
 
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_histogram, log_scalars, log_text, tag
 from lightning_compress.callbacks._conflicts import check_compression_callbacks
 from lightning_compress.core.kmeans import INITS
@@ -170,6 +171,7 @@ class WeightSharing(Callback):
     # -- hooks, in the order a fit calls them ----------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded_strategy(trainer, "WeightSharing")
         check_compression_callbacks(trainer, pl_module, self, stage)
         self._targets = find_targets(pl_module, self.include, self.exclude, self.types, owner="WeightSharing")
         current = {t.name: t.param for t in self._targets}
