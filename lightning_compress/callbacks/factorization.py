@@ -75,6 +75,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lightning_compress.callbacks._conflicts import check_compression_callbacks
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
 from lightning_compress.core import lowrank as lr
@@ -174,6 +175,11 @@ class LowRankFactorization(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         refuse_sharded_strategy(trainer, "LowRankFactorization")
+        check_compression_callbacks(trainer, pl_module, self, stage)
+        if stage == "fit" and self.done and not any(
+            isinstance(dict(pl_module.named_modules()).get(r.name), lr.FACTORIZED_TYPES) for r in self.applied_plan
+        ):  # reused on another (dense) model: factorize that one too; a resumed checkpoint restores the plan later
+            self.plan, self.factorized_at_epoch, self.accuracy = [], None, {}
         # before Lightning restores a checkpoint's weights: rebuild whatever factorized layers they describe
         if self._hook_handle is None:
             self._hook_handle = pl_module.register_load_state_dict_pre_hook(_rebuild_before_load)
