@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/export[_quick][_oneshot].json)")
     args = parser.parse_args()
-    torch.set_num_threads(1 if args.quick else 2)
+    torch.set_num_threads(1)  # a shared CPU: more threads oversubscribe and slow everyone down
     repeats = 3 if args.quick else 7
     suffix = ("_quick" if args.quick else "") + ("_oneshot" if args.method == "oneshot" else "")
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"export{suffix}.json"
@@ -229,13 +229,17 @@ def main() -> None:
         "Timings on a shared 2-core CPU.",
     }
     results = {}
+    if out.exists():  # keep other models' results of the same kind of run (models can be run one at a time)
+        previous = json.loads(out.read_text())
+        if {k: previous["meta"].get(k) for k in ("quick", "method")} == {"quick": args.quick, "method": args.method}:
+            results = {k: v for k, v in previous["results"].items() if k not in args.models}
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             print(f"== {name} ({args.method}{', quick' if args.quick else ''})", flush=True)
             results[name] = run_model(name, SETUPS[name], args.method, args.quick, repeats, workdir)
-            print(results[name]["table"], flush=True)
-            saved = {k: {kk: vv for kk, vv in v.items() if kk != "table"} for k, v in results.items()}
-            out.write_text(json.dumps({"meta": meta, "results": saved}, indent=2, default=str))
+            results[name]["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            print(results[name].pop("table"), flush=True)
+            out.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
 
     header = (
         "| model | method | acc | file B | ratio | stats est. B | entropy B | file/entropy | gzip B | file/gzip "
