@@ -11,6 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lightning_compress.export import (
     FORMAT_VERSION,
     MAGIC,
@@ -20,6 +23,8 @@ from lightning_compress.export import (
     NotCompressedFileError,
     TruncatedFileError,
     UnsupportedVersionError,
+    decode_file,
+    encode_state_dict,
     load_compressed,
     log_report,
     main,
@@ -163,6 +168,37 @@ def test_factorized_model_reloads_into_the_dense_architecture(tmp_path, lenet300
     assert_same_state(model, fresh)
     with pytest.raises(ArchitectureMismatchError):
         load_compressed(path, LeNet300100(), rebuild_factorized=False)
+
+
+@st.composite
+def state_dicts(draw):
+    n = draw(st.integers(0, 5))
+    sd, compress = {}, []
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    for i in range(n):
+        dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool]))
+        shape = tuple(draw(st.lists(st.integers(0, 12), max_size=3)))
+        t = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < draw(st.sampled_from([0.0, 0.1, 1.0])))
+        if draw(st.booleans()):
+            t = torch.round(t * 2) / 2  # few distinct values, as after weight sharing
+        name = f"layer{i}.weight"
+        sd[name] = t.to(dtype)
+        if draw(st.booleans()):
+            compress.append(name)
+    return sd, compress
+
+
+@settings(max_examples=60, deadline=None)
+@given(state_dicts())
+def test_file_round_trip_property(case):
+    sd, compress = case
+    data, report = encode_state_dict(sd, compress, keep_negative_zero=True)
+    assert report.file_bytes == len(data) == report.header_bytes + report.layer_bytes + report.raw_bytes
+    back = decode_file(data)
+    assert list(back) == list(sd)
+    for k, v in sd.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert torch.equal(bit_view(back[k]), bit_view(v)), k
 
 
 # ---- errors -------------------------------------------------------------------------------------------
