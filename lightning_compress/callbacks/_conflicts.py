@@ -7,9 +7,9 @@ before any training step. The rules (a layer is a parameter name such as ``fc1.w
 
 * two weight-sharing callbacks select the same layer (two codebooks projecting one tensor in turn keep
   neither invariant). Two pruning callbacks on one layer do compose (each one's zeros count toward the
-  other's target, the layer ends with the union of their zeros), so that is allowed;
-* two callbacks of one type with the same ``state_key`` (same selection): their checkpoint states would
-  collide, and Lightning would only fail at the first checkpoint, mid-fit;
+  other's target, the layer ends with the union of their zeros), so that is allowed as long as their
+  selections differ (two of one type with the same selection share a ``state_key``, which the Trainer
+  itself refuses when it is constructed);
 * pruning still raises a layer's sparsity at or after the epoch (or step) at which weight sharing fixes
   that layer's assignments (clustering must see the final zeros); compared only when both count in the
   same unit, since epochs and steps cannot be related before the dataloader exists;
@@ -93,13 +93,6 @@ def check_compression_callbacks(trainer: pl.Trainer, pl_module: pl.LightningModu
                 if isinstance(t.module, (nn.Linear, nn.Conv2d)) and not inside_factorized(pl_module, t.module_name):
                     factorized[t.name] = (label, cb.epoch)
 
-    keys: dict[str, str] = {}
-    for i, cb in enumerate(ours):
-        if cb.state_key in keys:
-            raise MisconfigurationException(
-                f"{keys[cb.state_key]} and {_label(cb, i)} select the same layers (same include/exclude/types), so "
-                "their checkpoint states collide; merge them into one callback or make their selections differ")
-        keys[cb.state_key] = _label(cb, i)
     for layer, claims in shared.items():
         if len(claims) > 1:
             raise MisconfigurationException(

@@ -267,16 +267,18 @@ class WeightSharing(Callback):
         if not due:
             return
         by_name = {t.name: t for t in self._targets}
+        for name in due:  # all checked before any is clustered, so a failure leaves every layer untouched
+            weight = by_name[name].param.detach()
+            if not bool(torch.isfinite(weight).all()):
+                raise FloatingPointError(
+                    f"WeightSharing: layer {name} has {int((~torch.isfinite(weight)).sum())} non-finite weights "
+                    f"(NaN/inf) at clustering ({self.schedule.unit} {progress}); k-means cannot place them")
         before = self._accuracy(trainer, pl_module) if self.evaluate else None
         metrics: dict[str, float] = {}
         for name in due:
             target = by_name[name]
             bits = self._bits[name]
             weight = target.param.detach()
-            if not bool(torch.isfinite(weight).all()):
-                raise FloatingPointError(
-                    f"WeightSharing: layer {name} has {int((~torch.isfinite(weight)).sum())} non-finite weights "
-                    f"(NaN/inf) at clustering ({self.schedule.unit} {progress}); k-means cannot place them")
             if self.log_histograms and bool((weight != 0).any()):
                 log_histogram(trainer, tag("sharing", "weights_before", name), weight[weight != 0])
             shared = cluster_weight(weight, 2**bits, init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol)
