@@ -102,13 +102,17 @@ CALLBACK_PAGES = {
 def test_callback_page_documents_every_option(page, target):
     module, _, name = target.partition(":")
     cls = getattr(import_module(module), name)
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    signature = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
+    params = [p.name for p in signature]
     text = (DOCS / page).read_text()
-    options = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
-    missing = [p for p in params if p not in options]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, re.M))
+    missing = [p for p in params if p not in rows]
     assert not missing, f"{page}: options table lacks {missing}"
-    unknown = sorted(options - set(params))
+    unknown = sorted(set(rows) - set(params))
     assert not unknown, f"{page}: options table documents arguments {name} does not have: {unknown}"
+    for p in signature:  # the default column says what the code says
+        want = "(required)" if p.default is inspect.Parameter.empty else f"`{p.default!r}`".replace("'", '"')
+        assert rows[p.name].strip() == want, f"{page}: default of {p.name} is {want} in the code"
 
 
 def test_mkdocs_build_strict(tmp_path):
