@@ -19,6 +19,7 @@ _LAZY = {
     "save_compressed": "lightning_compress.export",
     "load_compressed": "lightning_compress.export",
     "model_stats": "lightning_compress.core.stats",
+    "AtomicCheckpointIO": "lightning_compress.checkpoint_io",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

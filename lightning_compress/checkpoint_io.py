@@ -2,15 +2,15 @@
 
 Lightning's default ``TorchCheckpointIO`` serializes the checkpoint into memory and writes it through an
 fsspec transaction. For a local path that transaction writes a temporary file in the *system* temp folder
-(``tempfile.mkstemp()``) and then ``shutil.move``s it over the target. When the temp folder is on another
+(``tempfile.mkstemp()``) and then moves it over the target with ``shutil.move``. When the temp folder is on another
 filesystem than the checkpoint folder (``/tmp`` on tmpfs, a mounted volume or network disk for the
 checkpoints), ``shutil.move`` is a copy into the target path, so a process killed during that copy leaves
 a truncated ``last.ckpt`` in place of the previous good one: ``ckpt_path="last"`` then fails to load and the
-last good state is gone. Neither path ``fsync``\\ s, and a killed write leaks its temp file in ``/tmp``.
+last good state is gone. Neither path calls ``fsync``, and a killed write leaks its temp file in ``/tmp``.
 
 :class:`AtomicCheckpointIO` writes each checkpoint next to its target, as ``.<name>.tmp-<pid>`` (a name that
-neither ``ckpt_path="last"`` nor a ``*.ckpt`` glob picks up), ``fsync``\\ s it, then ``os.replace``\\ s it
-over the target and ``fsync``\\ s the folder. ``os.replace`` within one folder is atomic: at every instant
+neither ``ckpt_path="last"`` nor a ``*.ckpt`` glob picks up), syncs it to disk (``fsync``), renames it over
+the target with ``os.replace`` and syncs the folder. ``os.replace`` within one folder is atomic: at every instant
 the target is either the complete old checkpoint or the complete new one. It also streams ``torch.save``
 straight to the file instead of holding a second serialized copy of the checkpoint in memory.
 

@@ -17,8 +17,8 @@ code it is running at that moment, so the interruption lands exactly where a tes
 - ``ckpt_write:N``    halfway through writing the ``N``-th file into the checkpoint folder (whatever does the
   writing: ``torch.save`` into a file there, or the copy ``shutil.move`` makes across filesystems).
 
-Used as a module by the test scripts (``sys.path`` gets ``tests/``); ``python tests/pipeline_helpers.py DIR``
-runs one uninterrupted fit in ``DIR``.
+Used as a module by the test scripts (``sys.path`` gets ``tests/``); ``python tests/pipeline_helpers.py DIR
+[--resume]`` runs one fit in ``DIR`` (``LC_KILL_AT=cluster:1`` to kill it, ``--resume`` to go on from ``last``).
 """
 
 from __future__ import annotations
@@ -127,9 +127,10 @@ def fit(run_dir: str | os.PathLike, ckpt_path: str | None = None, atomic: bool =
         **trainer_kwargs: Any):
     """One fit of the pipeline in ``run_dir`` (a fresh model and fresh callbacks, as a new process has).
 
-    ``kill`` arms a kill point; ``record_start`` saves the restored state at ``on_train_start``;
-    ``dump_dir`` gets every rank's state at every epoch end.
+    ``kill`` arms a kill point (default: the ``LC_KILL_AT`` environment variable); ``record_start`` saves the
+    restored state at ``on_train_start``; ``dump_dir`` gets every rank's state at every epoch end.
     """
+    kill = os.environ.get(KILL_ENV) if kill is None else kill
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     cbs = compression_callbacks(run_dir)
@@ -326,5 +327,6 @@ def run_in_child(fn, *args, **kwargs) -> int:
 
 
 if __name__ == "__main__":
-    trainer, model, cbs = fit(sys.argv[1] if len(sys.argv) > 1 else ".")
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    trainer, model, cbs = fit(args[0] if args else ".", ckpt_path="last" if "--resume" in sys.argv else None)
     print({k: (v == 0).float().mean().item() for k, v in model.state_dict().items() if k in PRUNED})

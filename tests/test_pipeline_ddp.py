@@ -80,6 +80,7 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_ranks_hold_identical_masks_codebooks_and_ranks_at_every_epoch(ddp_run):
     dumps = ddp_run / "dumps"
     for epoch in range(H.MAX_EPOCHS):
@@ -100,6 +101,7 @@ def test_ranks_hold_identical_masks_codebooks_and_ranks_at_every_epoch(ddp_run):
         assert torch.unique(w[w != 0]).numel() <= 2 ** H.BITS[name], name
 
 
+@pytest.mark.slow
 def test_logging_and_export_happen_on_rank_zero_only(ddp_run):
     f0, f1 = _load(ddp_run / "dumps" / "rank0_final.pt"), _load(ddp_run / "dumps" / "rank1_final.pt")
     assert (f0["export_calls"], f1["export_calls"]) == (1, 0)
@@ -111,6 +113,7 @@ def test_logging_and_export_happen_on_rank_zero_only(ddp_run):
     assert not any(n.startswith(".") for n in os.listdir(run / H.CKPT_DIR))  # no partial checkpoint left
 
 
+@pytest.mark.slow
 def test_exported_file_loads_on_one_process(ddp_run):
     final = _load(ddp_run / "dumps" / "rank0_final.pt")
     model = load_compressed(ddp_run / "run" / H.EXPORT_FILE, H.TinyNet())

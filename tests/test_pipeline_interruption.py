@@ -107,6 +107,7 @@ def _assert_same_tensors(a: dict, b: dict, what: str) -> None:
             assert x.dtype == y.dtype and torch.equal(x, y), f"{what}: {key}"
 
 
+@pytest.mark.slow
 def test_every_kill_lands_and_the_last_resume_finishes(runs):
     tmp, summary = runs
     assert summary["ref"] == 0, summary["_log"][-4000:]
@@ -123,6 +124,7 @@ def test_every_kill_lands_and_the_last_resume_finishes(runs):
             assert _load(tmp / "chain" / f"resume{i}.ckpt")["epoch"] == start_epoch, i
 
 
+@pytest.mark.slow
 def test_resume_restores_the_checkpoints_masks_codebooks_and_ranks(runs):
     tmp, _ = runs
     for i, start_epoch in enumerate(RESUMED_FROM):
@@ -141,6 +143,7 @@ def test_resume_restores_the_checkpoints_masks_codebooks_and_ranks(runs):
     assert int((~H.checkpoint_state(tmp / "chain" / "resume1.ckpt")["masks"]["fc1.weight"]).sum()) > 0
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_on_schedule_and_masks_only_grow(runs):
     tmp, _ = runs
     final = _load(tmp / "chain" / "final5.pt")
@@ -164,6 +167,7 @@ def test_resumed_run_ends_on_schedule_and_masks_only_grow(runs):
             assert bool((w[name][~mask] == 0).all()), name
 
 
+@pytest.mark.slow
 def test_resume_from_epoch_end_is_bit_identical_to_the_uninterrupted_run(runs):
     tmp, _ = runs
     ref, final = _load(tmp / "ref" / "final.pt"), _load(tmp / "chain" / "final5.pt")
@@ -178,6 +182,7 @@ def test_resume_from_epoch_end_is_bit_identical_to_the_uninterrupted_run(runs):
     _assert_same_tensors({k: v for k, v in model.state_dict().items()}, final["weights"], "exported")
 
 
+@pytest.mark.slow
 def test_a_kill_mid_write_never_leaves_a_bad_last_checkpoint(runs):
     tmp, summary = runs
     # AtomicCheckpointIO: the partial write is a hidden temp file; last.ckpt stayed the complete epoch-2 one
@@ -190,8 +195,10 @@ def test_a_kill_mid_write_never_leaves_a_bad_last_checkpoint(runs):
     assert _load(tmp / "chain" / "start5.pt")["epoch"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(OTHER_FS_TMP) or os.stat(OTHER_FS_TMP).st_dev == os.stat(REPO).st_dev,
                     reason="needs a temp folder on another filesystem")
+@pytest.mark.slow
 def test_lightning_default_writer_truncates_last_ckpt_across_filesystems(runs):
     """Why AtomicCheckpointIO exists: with the system temp folder on another filesystem, Lightning's
     writer copies into ``last.ckpt``; a kill mid-copy leaves it truncated and the previous one is gone."""
