@@ -224,6 +224,7 @@ class GradualMagnitudePruning(Callback):
         self._q: dict[str, float] = {}
         self._loaded: dict[str, Any] | None = None
         self._handles: list[Any] = []
+        self._hook_fns: list[Any] = []
         self._multipliers: dict[str, torch.Tensor] = {}
         self._shown: float | None = None
 
@@ -307,11 +308,11 @@ class GradualMagnitudePruning(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hooks()
+        self._remove_hooks(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
+        self._remove_hooks(trainer)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -368,12 +369,14 @@ class GradualMagnitudePruning(Callback):
         }
 
     def _register_post_step_hooks(self, trainer: pl.Trainer) -> None:
-        self._remove_hooks()
+        self._remove_hooks(trainer)
         by_id = {id(t.param): t for t in self.targets}
         for opt in trainer.optimizers:
             mine = [by_id[id(p)] for g in opt.param_groups for p in g["params"] if id(p) in by_id]
             if mine:
-                self._handles.append(opt.register_step_post_hook(self._make_post_hook(mine)))
+                hook = self._make_post_hook(mine)
+                self._hook_fns.append(hook)
+                self._handles.append(opt.register_step_post_hook(hook))
         orphans = set(by_id) - {id(p) for o in trainer.optimizers for g in o.param_groups for p in g["params"]}
         if orphans and trainer.optimizers:
             rank_zero_info(f"{_OWNER}: {len(orphans)} pruned tensors are in no optimizer; they stay as pruned")
@@ -388,10 +391,16 @@ class GradualMagnitudePruning(Callback):
 
         return reapply
 
-    def _remove_hooks(self) -> None:
+    def _remove_hooks(self, trainer: pl.Trainer | None = None) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        # copies of our hooks on optimizers rebuilt mid-fit (LowRankFactorization carries hooks over)
+        for opt in trainer.optimizers if trainer is not None else []:
+            hooks = opt._optimizer_step_post_hooks
+            for key in [k for k, fn in hooks.items() if any(fn is mine for mine in self._hook_fns)]:
+                del hooks[key]
+        self._hook_fns = []
 
     def _maybe_update(self, trainer: pl.Trainer, batch_idx: int) -> None:
         point = self.schedule.update_point(self.progress(trainer, batch_idx))

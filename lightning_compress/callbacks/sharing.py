@@ -238,11 +238,11 @@ class WeightSharing(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._layers:
             log_text(trainer, tag("sharing", "codebooks"), self._codebook_text())
-        self._remove_hooks()
+        self._remove_hooks(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
+        self._remove_hooks(trainer)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -338,13 +338,22 @@ class WeightSharing(Callback):
     # -- keeping the invariant after every optimizer step --------------------------------------------
     def _ensure_hook(self, optimizer: torch.optim.Optimizer) -> None:
         """Register the projection on ``optimizer`` once (optimizers may be rebuilt mid-fit)."""
-        if id(optimizer) not in self._hooked:
+        if id(optimizer) in self._hooked:
+            return
+        if any(fn == self._after_step for fn in optimizer._optimizer_step_post_hooks.values()):
+            self._hooked[id(optimizer)] = None  # carried over by an optimizer rebuild; removed in _remove_hooks
+        else:
             self._hooked[id(optimizer)] = optimizer.register_step_post_hook(self._after_step)
 
-    def _remove_hooks(self) -> None:
+    def _remove_hooks(self, trainer: pl.Trainer | None = None) -> None:
         for handle in self._hooked.values():
-            handle.remove()
+            if handle is not None:
+                handle.remove()
         self._hooked.clear()
+        for opt in trainer.optimizers if trainer is not None else []:  # copies on rebuilt optimizers
+            hooks = opt._optimizer_step_post_hooks
+            for key in [k for k, fn in hooks.items() if fn == self._after_step]:
+                del hooks[key]
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
