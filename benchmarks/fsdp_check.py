@@ -184,7 +184,8 @@ def main(argv=None) -> int:
         print(f"  Lightning on CPU: {result['cpu_fsdp']}")
     for row in result["rows"]:
         print(f"  {'ok ' if row['ok'] else 'BAD'}  {row['check']:<48} {row.get('detail', '')}")
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"fsdp_check{'_quick' if args.quick else ''}.json"
+    name = f"fsdp_check{'_quick' if args.quick else ''}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")

@@ -109,7 +109,8 @@ def compression_callbacks(run_dir: str | os.PathLike) -> dict[str, Callback]:
     }
 
 
-def make_trainer(run_dir: str | os.PathLike, callbacks: list[Callback], atomic: bool = True, **overrides: Any) -> pl.Trainer:
+def make_trainer(run_dir: str | os.PathLike, callbacks: list[Callback], atomic: bool = True,
+                 **overrides: Any) -> pl.Trainer:
     run_dir = Path(run_dir)
     kwargs: dict[str, Any] = dict(
         accelerator="cpu", devices=1, max_epochs=MAX_EPOCHS, deterministic=True, num_sanity_val_steps=0,
@@ -230,10 +231,11 @@ def _kill_on_nth_call(owner: Any, attr: str, n: int, before: bool) -> None:
 
 
 def _kill_mid_write(ckpt_dir: Path, n: int) -> None:
-    """SIGKILL halfway through the ``n``-th write of a file in ``ckpt_dir`` (torch.save or a sendfile copy)."""
+    """SIGKILL halfway through the ``n``-th write of a file in ``ckpt_dir`` (torch.save into it, or a copy)."""
     ckpt_dir = ckpt_dir.resolve()
     writes = [0]
     original_save, original_sendfile = torch.save, os.sendfile
+    original_copy_file_range = getattr(os, "copy_file_range", None)
 
     def into_ckpt_dir(path: str) -> bool:
         return Path(path).resolve().parent == ckpt_dir
@@ -258,19 +260,32 @@ def _kill_mid_write(ckpt_dir: Path, n: int) -> None:
                 out.write(data[: len(data) // 2])
         _die()
 
+    def first_chunk_into_ckpt_dir(out_fd: int) -> bool:
+        # shutil copies a file in chunks (sendfile, or copy_file_range on newer Pythons): count its first one
+        return os.fstat(out_fd).st_size == 0 and into_ckpt_dir(os.readlink(f"/proc/self/fd/{out_fd}"))
+
     def sendfile(out_fd, in_fd, offset, count):
-        # shutil copies a file with sendfile calls at growing offsets until one returns 0: count the first
-        if offset or not into_ckpt_dir(os.readlink(f"/proc/self/fd/{out_fd}")):
+        if not first_chunk_into_ckpt_dir(out_fd):
             return original_sendfile(out_fd, in_fd, offset, count)
         writes[0] += 1
         if writes[0] != n:
             return original_sendfile(out_fd, in_fd, offset, count)
-        size = os.fstat(in_fd).st_size
-        original_sendfile(out_fd, in_fd, offset, max(1, size // 2))
+        original_sendfile(out_fd, in_fd, offset, max(1, os.fstat(in_fd).st_size // 2))
+        _die()
+
+    def copy_file_range(src, dst, count, offset_src=None, offset_dst=None):
+        if not first_chunk_into_ckpt_dir(dst):
+            return original_copy_file_range(src, dst, count, offset_src, offset_dst)
+        writes[0] += 1
+        if writes[0] != n:
+            return original_copy_file_range(src, dst, count, offset_src, offset_dst)
+        original_copy_file_range(src, dst, max(1, os.fstat(src).st_size // 2), offset_src, offset_dst)
         _die()
 
     torch.save = save
     os.sendfile = sendfile
+    if original_copy_file_range is not None:
+        os.copy_file_range = copy_file_range
 
 
 def install_kill_point(spec: str | None, run_dir: str | os.PathLike) -> list[Callback]:
