@@ -3,8 +3,8 @@
 ``docs/results.md`` holds the prose and markers such as ``<!-- results:pruning -->``; each marker is replaced
 by tables rendered from the benchmark's JSON (or, for the end-to-end benchmark, its own Markdown report), and
 every ``benchmarks/results/*.png`` is published as ``img/results/<name>.png``. So the page always shows the
-numbers of the files committed next to it, and never a number that is not in them. A full run's file is
-preferred over a ``--quick`` smoke run's; the page says which one it shows.
+numbers of the files committed next to it, and never a number that is not in them. Of each benchmark, every
+full run's file is shown, and its ``--quick`` smoke runs only when it has no full run; the page says which.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ PAPER = {
 # ---- helpers -----------------------------------------------------------------------------------------------
 
 
-def pick(stem: str) -> Path | None:
-    """``<stem>.json`` (full run) if it exists, else ``<stem>_quick.json``, else ``None``."""
-    for name in (f"{stem}.json", f"{stem}_quick.json"):
-        if (RESULTS / name).is_file():
-            return RESULTS / name
-    return None
+def select(prefix: str) -> list[Path]:
+    """The result files of one benchmark: every full run's ``<prefix>*.json``, or the quick ones if none is full."""
+    found = sorted(RESULTS.glob(f"{prefix}*.json"))
+    full = [p for p in found if "_quick" not in p.stem]
+    return full or found
 
 
 def load(path: Path) -> dict:
@@ -109,9 +108,13 @@ def render_paper() -> str:
 
 
 def render_deep_compression() -> str:
-    path = pick("deep_compression")
-    if path is None:
+    paths = select("deep_compression")
+    if not paths:
         return missing("deep_compression.json", "python benchmarks/deep_compression.py")
+    return "\n\n".join(render_deep_compression_file(path) for path in paths)
+
+
+def render_deep_compression_file(path: Path) -> str:
     data = load(path)
     out = [source(path, data), ""]
     rows = []
@@ -147,7 +150,7 @@ def render_deep_compression() -> str:
 
 
 def render_export() -> str:
-    paths = sorted(RESULTS.glob("export*.json"))
+    paths = select("export")
     if not paths:
         return missing("export.json", "python benchmarks/export.py")
     out = []
@@ -170,11 +173,16 @@ def render_export() -> str:
 
 
 def render_pruning() -> str:
-    path = pick("pruning")
-    if path is None:
+    paths = select("pruning")
+    if not paths:
         return missing("pruning.json", "python benchmarks/pruning.py")
+    return "\n".join(render_pruning_file(path) for path in paths)
+
+
+def render_pruning_file(path: Path) -> str:
     data = load(path)
-    out = [source(path, data), ""]
+    cfg = data.get("config", {})
+    out = [source(path, data) + f" LeNet-300-100, Fashion-MNIST, {cfg.get('epochs', 'n/a')} epochs per run.", ""]
     by_target: dict[float, dict[str, dict]] = {}
     for r in data.get("accuracy", []):
         by_target.setdefault(r.get("target_sparsity"), {})[r.get("method")] = r
@@ -203,10 +211,9 @@ def render_pruning() -> str:
 
 def render_sharing() -> str:
     out = []
-    path = pick("sharing_bits")
-    if path is None:
+    if not select("sharing_bits"):
         out.append(missing("sharing_bits.json", "python benchmarks/sharing.py"))
-    else:
+    for path in select("sharing_bits"):
         data = load(path)
         out += [source(path, data) + f" {data.get('model', '')}, {data.get('dataset', '')}; centroid fine-tuning: "
                 f"{data.get('finetune_optimizer', 'n/a')}, reduction `{data.get('reduction', 'n/a')}`.", ""]
@@ -215,8 +222,7 @@ def render_sharing() -> str:
                  ratio(r.get("estimated_storage_ratio"))] for r in data.get("rows", [])]
         out += [table(["base model", "bits", "before clustering", "after clustering", "after fine-tuning",
                        "estimated storage ratio (no Huffman)"], rows), ""]
-    path = pick("sharing_kmeans")
-    if path is not None:
+    for path in select("sharing_kmeans"):
         data = load(path)
         out += ["1-D k-means against scikit-learn's `KMeans` (same initial centroids):", "", source(path, data), ""]
         rows = [[num(r.get("n")), str(r.get("k", "n/a")), f"{r['ours_s']:.3g} s" if r.get("ours_s") else "n/a",
@@ -228,11 +234,19 @@ def render_sharing() -> str:
 
 
 def render_factorization() -> str:
-    path = pick("factorization")
-    if path is None:
+    paths = select("factorization")
+    if not paths:
         return missing("factorization.json", "python benchmarks/factorization.py")
+    return "\n".join(render_factorization_file(path) for path in paths)
+
+
+def render_factorization_file(path: Path) -> str:
     data = load(path)
-    out = [source(path, data) + ("" if data.get("complete", True) else " The run did not finish every setting."), ""]
+    setup = (f" Dense training: {num(data.get('train_samples'))} images, {data.get('dense_epochs', 'n/a')} epochs; "
+             f"fine-tuning: {data.get('finetune_epochs', 'n/a')} epoch(s) at lr {data.get('finetune_lr', 'n/a')}; "
+             f"test on {num(data.get('test_samples'))} images.")
+    out = [source(path, data) + setup
+           + ("" if data.get("complete", True) else " The run did not finish every setting."), ""]
     rows = []
     for model in data.get("results", []):
         for r in model.get("rows", []):
@@ -240,7 +254,7 @@ def render_factorization() -> str:
                          pct(r.get("acc_factorized")), pct(r.get("acc_finetuned")),
                          ratio(r.get("latency_ratio_b1"), 2), ratio(r.get("latency_ratio_b256"), 2)])
     out += [table(["model", "rule", "params after / before", "test acc after factorizing",
-                   "after 1 fine-tuning epoch", "CPU latency ratio, batch 1", "batch 256"], rows), ""]
+                   "after fine-tuning", "CPU latency ratio, batch 1", "batch 256"], rows), ""]
     if data.get("notes"):
         out += [note(data["notes"]), ""]
     return "\n".join(out)
