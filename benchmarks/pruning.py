@@ -241,7 +241,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--test-limit", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the accuracy runs (more spin on a busy machine)")
     p.add_argument("--timing-threads", type=int, default=1, help="torch threads while timing (CPU time is exact at 1)")
     p.add_argument("--timing-reps", type=int, default=3)
     p.add_argument("--resnet-steps", type=int, default=8)
