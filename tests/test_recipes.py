@@ -102,3 +102,16 @@ def test_a_recipe_runs_end_to_end_on_tiny_epochs(tmp_path, monkeypatch):
         assert torch.unique(w[w != 0]).numel() <= 2 ** 6  # shared: at most 64 distinct non-zero values
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "runs").rglob("*"))
     assert os.path.getsize(path) < 0.1 * 266_610 * 4  # far smaller than the dense float32 model
+
+
+def test_compress_your_model_example_runs_and_its_file_reloads(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compress_your_model", CONFIGS.parent / "compress_your_model.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--epochs", "4", "--limit-batches", "3", "--sparsity", "0.9", "--bits", "4",
+                           "--out", str(tmp_path)])
+    assert (tmp_path / "model.lcz").stat().st_size == result["file_bytes"]
+    assert result["val_acc_from_file"] == result["val_acc"]  # the file is the trained model
+    assert result["ratio"] > 5
