@@ -1,0 +1,197 @@
+"""Numerics and memory: invariants under reduced precision, bytes per weight of the callback state, and a
+global magnitude threshold that never holds a second copy of the weights.
+
+Precision on CPU (Lightning 2.6): ``bf16-mixed``, ``bf16-true`` and ``16-true`` run as asked;
+``precision="16-mixed"`` is silently turned into ``bf16-mixed`` by the Trainer (no fp16 AMP on CPU), so the
+real fp16 path (autocast to float16 + ``GradScaler`` with skipped steps) is tested by passing the
+``MixedPrecision("16-mixed", "cpu", GradScaler("cpu"))`` plugin explicitly.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_compress import GradualMagnitudePruning, WeightSharing
+from lightning_compress.core.masks import global_magnitude_masks
+from lightning_compress.core.sharing import cluster_weight, index_dtype
+
+
+class TinyNet(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc1 = nn.Linear(64, 32)
+        self.fc2 = nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(F.relu(self.conv(x.to(self.conv.weight.dtype))).flatten(1))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x).float(), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+
+
+def data(n: int = 48) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 6, 6, generator=g)
+    return DataLoader(TensorDataset(x, (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()), batch_size=8)
+
+
+BITS = 3
+
+
+class InvariantProbe(pl.Callback):
+    """After every batch: pruned weights exactly zero, shared layers at most 2^bits values and W = C[I]."""
+
+    def __init__(self, prune: GradualMagnitudePruning, share: WeightSharing) -> None:
+        self.prune, self.share = prune, share
+        self.checked = self.shared_checks = self.applied = 0
+
+    def on_fit_start(self, trainer, pl_module):
+        for opt in trainer.optimizers:
+            opt.register_step_post_hook(lambda *a: setattr(self, "applied", self.applied + 1))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for t in self.prune.targets:
+            assert (t.param[~self.prune.masks[t.name]] == 0).all(), f"{t.name}: pruned weight off zero"
+        for name, shared in self.share.codebooks.items():
+            w = pl_module.get_parameter(name)
+            assert torch.isfinite(w).all(), name
+            assert int(torch.unique(w[w != 0]).numel()) <= 2**BITS, name
+            assert torch.equal(w, shared.decode().to(w.dtype)), name
+            self.shared_checks += 1
+        self.checked += 1
+
+
+def run(precision=None, plugins=None, max_epochs: int = 4):
+    torch.manual_seed(0)
+    model = TinyNet()
+    prune = GradualMagnitudePruning(0.7, start_epoch=0, end_epoch=1, update_every=0.5, include=["conv", "fc1"])
+    share = WeightSharing(BITS, start_epoch=2, include=["fc1", "fc2"], evaluate=False, log_histograms=False)
+    probe = InvariantProbe(prune, share)
+    kw = {"precision": precision} if precision else {"plugins": plugins}
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, limit_train_batches=4, callbacks=[prune, share, probe],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, **kw)
+    trainer.fit(model, data())
+    for t in prune.targets:  # the scheduled sparsity is reached exactly
+        assert int((t.param == 0).sum()) >= round(0.7 * t.param.numel()), t.name
+    assert probe.checked == 4 * max_epochs and probe.shared_checks == 2 * 4 * (max_epochs - 2)
+    return trainer, model, probe
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true", "16-true"])
+def test_invariants_under_reduced_precision(precision):
+    trainer, model, probe = run(precision)
+    expected = {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float32)
+    assert model.fc1.weight.dtype == expected
+    assert probe.applied == probe.checked  # every step was applied
+
+
+def test_16_mixed_on_cpu_falls_back_to_bf16_mixed():
+    with pytest.warns(UserWarning, match="bf16-mixed"):
+        trainer = pl.Trainer(accelerator="cpu", precision="16-mixed", logger=False, enable_progress_bar=False)
+    assert trainer.precision == "bf16-mixed"
+
+
+def test_invariants_under_fp16_autocast_with_grad_scaler_and_skipped_steps():
+    # a huge initial scale overflows float16 gradients: the scaler skips those steps (inf/NaN grads reach the
+    # callbacks' on_before_optimizer_step, which must neither raise nor leak them into the weights)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**30, growth_interval=3)
+    trainer, model, probe = run(plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    assert 0 < probe.applied < probe.checked, (probe.applied, probe.checked)  # some steps skipped, some applied
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_callback_state_costs_at_most_one_byte_per_weight():
+    trainer, model, probe = run("bf16-mixed", max_epochs=3)
+    prune, share = probe.prune, probe.share
+    for name, mask in prune.masks.items():
+        assert mask.dtype == torch.bool and mask.element_size() == 1 and mask.shape == model.get_parameter(name).shape
+    for name, mult in prune._multipliers.items():  # the fast uint8 view shares the mask's bytes
+        assert mult.untyped_storage().data_ptr() == prune.masks[name].untyped_storage().data_ptr()
+    for name, shared in share.codebooks.items():
+        assert shared.assignment.dtype == torch.uint8 and shared.assignment.element_size() == 1, name
+    saved = [*prune.state_dict()["masks"].values(), *(e["assignment"] for e in share.state_dict()["layers"].values())]
+    assert saved and all(t.element_size() == 1 for t in saved)
+
+
+def test_assignment_dtype_by_codebook_size():
+    w = torch.randn(64, 64)
+    assert cluster_weight(w, 256).assignment.dtype == torch.uint8  # 8 bits, nothing pruned: 256 codes
+    w[w.abs() < 0.5] = 0
+    assert cluster_weight(w, 128).assignment.dtype == torch.uint8  # 7 bits + the pruned code: 129 symbols
+    # documented limit: 8 bits on a pruned layer needs 257 symbols (256 centroids + "pruned"): 2 bytes per weight
+    assert cluster_weight(w, 256).assignment.dtype == torch.int16 and index_dtype(257) == torch.int16
+
+
+def _reference_global_masks(weights, sparsity, masks):
+    """Exact reference: sort every alive |w| together (concatenated copy), ties by layer then flat index."""
+    total = sum(w.numel() for w in weights)
+    alive = torch.cat([m.reshape(-1) for m in masks])
+    need = round(sparsity * total) - int((~alive).sum())
+    out = alive.clone()
+    if need > 0:
+        scores = torch.cat([w.abs().float().reshape(-1) for w in weights])
+        candidates = torch.nonzero(alive & ~scores.isnan()).view(-1)
+        order = torch.sort(scores[candidates], stable=True).indices
+        out[candidates[order[:need]]] = False
+        value = torch.kthvalue(scores[candidates], min(need, candidates.numel())).values
+        assert scores[candidates[order[need - 1]]] == value  # the same threshold kthvalue gives
+    return list(torch.split(out, [w.numel() for w in weights]))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_global_threshold_equals_the_exact_kthvalue_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    weights = []
+    for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
+        n = int(torch.randint(1, 40, (1,), generator=g))
+        w = torch.randint(-6, 7, (n,), generator=g).float() * [1.0, 1e-3, 3.7e5][seed % 3]  # ties, zeros, scales
+        if seed % 5 == 0:
+            w = w.to(torch.bfloat16)
+        weights.append(w)
+    masks = [torch.rand(w.shape, generator=g) > 0.3 for w in weights]
+    sparsity = float(torch.rand(1, generator=g))
+    got = global_magnitude_masks(weights, sparsity, masks)
+    want = _reference_global_masks(weights, sparsity, masks)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b.reshape(a.shape))
+
+
+def _peak_extra_bytes(fn) -> int:
+    """Peak bytes allocated by ``fn`` on top of what existed before (torch's CPU allocator, via the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    current = peak = 0
+    for _time, action, _key, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        current += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, current)
+    return peak
+
+
+def test_global_threshold_needs_no_second_copy_of_the_weights():
+    layers, per_layer = 16, 125_000  # 2M float32 weights = 8 MB
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(per_layer, generator=g) for _ in range(layers)]
+    masks = [torch.rand(per_layer, generator=g) > 0.5 for _ in range(layers)]
+    weight_bytes = layers * per_layer * 4
+    result = []
+    peak = _peak_extra_bytes(lambda: result.extend(global_magnitude_masks(weights, 0.8, masks)))
+    new_masks_bytes = layers * per_layer  # the returned bool masks
+    # the rest is one layer's scratch at a time (|w| as float32, its bit pattern compare, the selection)
+    assert peak <= new_masks_bytes + 4 * per_layer * 4, peak
+    assert peak < weight_bytes / 2, peak  # a concatenation or a list of every |w| alone would be weight_bytes
+    assert sum(int((~m).sum()) for m in result) == round(0.8 * layers * per_layer)
