@@ -3,8 +3,8 @@
 ``docs/results.md`` holds the prose and markers such as ``<!-- results:pruning -->``; each marker is replaced
 by tables rendered from the benchmark's JSON (or, for the end-to-end benchmark, its own Markdown report), and
 every ``benchmarks/results/*.png`` is published as ``img/results/<name>.png``. So the page always shows the
-numbers of the files committed next to it, and never a number that is not in them. Of each benchmark, every
-full run's file is shown, and its ``--quick`` smoke runs only when it has no full run; the page says which.
+numbers of the files committed next to it, and never a number that is not in them. Every result file is shown
+except a ``--quick`` smoke run whose full run exists; the page says which kind each one is.
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ PAPER = {
 
 
 def select(prefix: str) -> list[Path]:
-    """The result files of one benchmark: every full run's ``<prefix>*.json``, or the quick ones if none is full."""
+    """The result files of one benchmark: every ``<prefix>*.json`` except a quick run whose full run exists.
+
+    ``export_quick.json`` is left out when ``export.json`` exists; ``export_quick_oneshot.json`` stays until an
+    ``export_oneshot.json`` does.
+    """
     found = sorted(RESULTS.glob(f"{prefix}*.json"))
-    full = [p for p in found if "_quick" not in p.stem]
-    return full or found
+    return [p for p in found if "_quick" not in p.stem or not (p.parent / p.name.replace("_quick", "")).exists()]
 
 
 def load(path: Path) -> dict:
@@ -111,7 +114,26 @@ def render_deep_compression() -> str:
     paths = select("deep_compression")
     if not paths:
         return missing("deep_compression.json", "python benchmarks/deep_compression.py")
-    return "\n\n".join(render_deep_compression_file(path) for path in paths)
+    return "\n\n".join(render_deep_compression_file(path) if "networks" in load(path) else render_runs_file(path)
+                       for path in paths)
+
+
+def render_runs_file(path: Path) -> str:
+    """A file of separate runs (``{"what": ..., "runs": [...]}``), e.g. the recipe-tuning runs."""
+    data = load(path)
+    out = [source(path, data) + (f" {data['what']}" if data.get("what") else ""), ""]
+    rows = []
+    for r in data.get("runs", []):
+        settings = r.get("settings", "")
+        if isinstance(settings, dict):
+            settings = "; ".join(f"{k}: {v}" for k, v in settings.items())
+        drop = r.get("accuracy_drop_points")
+        rows.append([r.get("name", "n/a"), str(r.get("epochs", "n/a")), pct(r.get("test_acc")),
+                     "" if drop is None else f"{drop:+.2f}", num(r.get("file_bytes")) if "file_bytes" in r else "",
+                     ratio(r.get("ratio")) if "ratio" in r else "", str(settings).replace("|", "/")])
+    out += [table(["run", "epochs", "test acc", "drop (points)", "file bytes", "ratio", "settings"], rows,
+                  "---|---:|---:|---:|---:|---:|---"), ""]
+    return "\n".join(out)
 
 
 def render_deep_compression_file(path: Path) -> str:
