@@ -180,6 +180,10 @@ class WeightSharing(Callback):
             for name in stale:
                 del self._layers[name]
             self.accuracy_before = self.accuracy_after = None
+        for layer in self._layers.values():  # the model may have moved since the last fit: codebooks follow it
+            shared, device = layer.shared, layer.param.device
+            if shared.assignment.device != device:
+                layer.shared = SharedWeight(shared.centroids.to(device), shared.assignment.to(device))
         if self.bits is None:
             self._bits = {t.name: DEFAULT_CONV_BITS if t.is_conv else DEFAULT_FC_BITS for t in self._targets}
         else:
