@@ -272,14 +272,19 @@ class GradualMagnitudePruning(Callback):
         self._loaded = state_dict
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # restored here, not in on_train_start: resuming from a checkpoint already at max_epochs trains no step
+        # and calls no on_train_start, yet the masks must be held (and saved again by trainer.save_checkpoint)
+        if self._loaded is not None:
+            self._restore(self._loaded)
+            self._loaded = None
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule = self._build_schedule(trainer)
         if self.schedule.unit == "epoch" and not math.isfinite(trainer.num_training_batches):
             raise ValueError(f"{_OWNER}: an epoch-based schedule needs a sized train dataloader; "
                              "pass a step-based schedule (unit='step') instead")
-        if self._loaded is not None:
-            self._restore(self._loaded)
-            self._loaded = None
         self._apply_all()
         self._register_post_step_hooks(trainer)
         self.sparsity, self._shown = self._achieved()[0], None
