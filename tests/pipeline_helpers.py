@@ -15,7 +15,8 @@ code it is running at that moment, so the interruption lands exactly where a tes
 - ``factorize:N``     right after the ``N``-th layer was swapped for its factors, optimizers not rebuilt;
 - ``cluster:N``       in the ``N``-th layer clustering, after k-means, before the codebook is attached;
 - ``ckpt_write:N``    halfway through writing the ``N``-th file into the checkpoint folder (whatever does the
-  writing: ``torch.save`` into a file there, or the copy ``shutil.move`` makes across filesystems).
+  writing: ``torch.save`` into a file there, or the copy ``shutil.move`` makes across filesystems);
+- ``export:N``        in the ``N``-th export, its temp file written, just before it is renamed to ``model.lcz``.
 
 Used as a module by the test scripts (``sys.path`` gets ``tests/``); ``python tests/pipeline_helpers.py DIR
 [--resume]`` runs one fit in ``DIR`` (``LC_KILL_AT=cluster:1`` to kill it, ``--resume`` to go on from ``last``).
@@ -129,7 +130,7 @@ def fit(run_dir: str | os.PathLike, ckpt_path: str | None = None, atomic: bool =
     """One fit of the pipeline in ``run_dir`` (a fresh model and fresh callbacks, as a new process has).
 
     ``kill`` arms a kill point (default: the ``LC_KILL_AT`` environment variable); ``record_start`` saves the
-    restored state at ``on_train_start``; ``dump_dir`` gets every rank's state at every epoch end.
+    restored state at ``on_fit_start``; ``dump_dir`` gets every rank's state at every epoch end.
     """
     kill = os.environ.get(KILL_ENV) if kill is None else kill
     torch.set_num_threads(1)
@@ -137,7 +138,7 @@ def fit(run_dir: str | os.PathLike, ckpt_path: str | None = None, atomic: bool =
     cbs = compression_callbacks(run_dir)
     extra = install_kill_point(kill, run_dir)
     if record_start is not None:
-        extra.append(RecordAtTrainStart(record_start, cbs))
+        extra.append(RecordAtFitStart(record_start, cbs))
     if dump_dir is not None:
         extra.append(DumpEachEpoch(dump_dir, cbs))
     trainer = make_trainer(run_dir, [*cbs.values(), *extra], atomic=atomic, **trainer_kwargs)
@@ -177,14 +178,15 @@ def checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-class RecordAtTrainStart(Callback):
-    """Saves what the callbacks hold once a resumed fit has restored everything (before its first step)."""
+class RecordAtFitStart(Callback):
+    """Saves what the callbacks hold once a resumed fit has restored everything (before its first step; also
+    in a fit that has no step left to train). Put it after the compression callbacks."""
 
     def __init__(self, path: str | os.PathLike, cbs: dict[str, Callback]) -> None:
         self.path, self.cbs = path, cbs
 
-    def on_train_start(self, trainer, pl_module):
-        torch.save({**compression_state(pl_module, self.cbs), "epoch": trainer.current_epoch}, self.path)
+    def on_fit_start(self, trainer, pl_module):
+        torch.save(compression_state(pl_module, self.cbs), self.path)
 
 
 class DumpEachEpoch(Callback):
@@ -214,11 +216,14 @@ class _KillAtBatch(Callback):
             _die()
 
 
-def _kill_on_nth_call(owner: Any, attr: str, n: int, before: bool) -> None:
+def _kill_on_nth_call(owner: Any, attr: str, n: int, before: bool, only=None) -> None:
+    """Kill in the ``n``-th call of ``owner.attr`` (among those ``only(*args)`` selects), before or after it."""
     original = getattr(owner, attr)
     calls = [0]
 
     def wrapper(*args, **kwargs):
+        if only is not None and not only(*args, **kwargs):
+            return original(*args, **kwargs)
         calls[0] += 1
         if calls[0] == n and before:
             _die()
@@ -308,6 +313,9 @@ def install_kill_point(spec: str | None, run_dir: str | os.PathLike) -> list[Cal
         from lightning_compress.callbacks import sharing
 
         _kill_on_nth_call(sharing, "cluster_weight", int(arg), before=False)
+    elif kind == "export":
+        _kill_on_nth_call(os, "replace", int(arg), before=True,
+                          only=lambda src, dst, *a, **k: os.fspath(dst).endswith(EXPORT_FILE))
     elif kind == "ckpt_write":
         _kill_mid_write(Path(run_dir) / CKPT_DIR, int(arg))
     else:

@@ -35,9 +35,11 @@ CHAIN = [
     ("batch:2.3", True),       # from epoch 0: epoch 1 saved, fc1 clustered at epoch 2, killed mid-epoch 2
     ("cluster:2", True),       # from epoch 1: epoch 2 saved, killed while clustering fc3 at epoch 3
     ("ckpt_write:2", True),    # from epoch 2: epoch 3 done, killed halfway through writing last.ckpt
-    (None, True),              # from epoch 2 again (last.ckpt survived): runs to the end
+    ("export:1", True),        # from epoch 2 again (last.ckpt survived): trained to the end, killed exporting
+    (None, True),              # from epoch 3, the end: trains nothing, restores everything, exports
 ]
-RESUMED_FROM = [None, 0, 0, 1, 2, 2]  # epoch of the checkpoint each run starts from
+RESUMED_FROM = [None, 0, 0, 1, 2, 2, 3]  # epoch of the checkpoint each run starts from
+FINAL = len(CHAIN) - 1
 
 SCRIPT = r"""
 import json, os, shutil, sys, tempfile
@@ -55,9 +57,10 @@ def run(run_dir, kill, resume, start, final, atomic=True):
     trainer, model, cbs = H.fit(run_dir, ckpt_path="last" if resume else None, atomic=atomic, kill=kill,
                                 record_start=start)
     torch.save(H.compression_state(model, cbs), final)
+    trainer.save_checkpoint(os.path.join(run_dir, "after_fit.ckpt"))  # what the callbacks hold, saved again
 
 
-summary = {"chain": [], "listing": []}
+summary = {"chain": [], "listing": [], "run_dir": []}
 os.makedirs("ref")
 summary["ref"] = H.run_in_child(run, "ref", None, False, None, "ref/final.pt")
 os.makedirs("chain")
@@ -66,6 +69,7 @@ for i, (kill, resume) in enumerate(CHAIN):
         shutil.copy("chain/ckpts/last.ckpt", f"chain/resume{i}.ckpt")
     summary["chain"].append(H.run_in_child(run, "chain", kill, resume, f"chain/start{i}.pt", f"chain/final{i}.pt"))
     summary["listing"].append(sorted(os.listdir("chain/ckpts")))
+    summary["run_dir"].append(sorted(os.listdir("chain")))
 os.makedirs("default_io")
 summary["default_io"] = H.run_in_child(run, "default_io", "ckpt_write:4", False, None, "default_io/final.pt",
                                        atomic=False)
@@ -119,6 +123,9 @@ def test_every_kill_lands_and_the_last_resume_finishes(runs):
     assert epochs_saved[2] == ["epoch=0.ckpt", "epoch=1.ckpt"]
     assert epochs_saved[3] == ["epoch=0.ckpt", "epoch=1.ckpt", "epoch=2.ckpt"]
     assert epochs_saved[4][-1] == "epoch=3.ckpt"  # written whole; last.ckpt was being written at the kill
+    # killed exporting: the file is not there under its name (only the temp file), the final checkpoint is
+    assert "epoch=3-v1.ckpt" in summary["listing"][5] and H.EXPORT_FILE not in summary["run_dir"][5]
+    assert any(n.startswith(H.EXPORT_FILE + ".tmp") for n in summary["run_dir"][5]), summary["run_dir"][5]
     for i, start_epoch in enumerate(RESUMED_FROM):
         if start_epoch is not None:
             assert _load(tmp / "chain" / f"resume{i}.ckpt")["epoch"] == start_epoch, i
@@ -132,7 +139,6 @@ def test_resume_restores_the_checkpoints_masks_codebooks_and_ranks(runs):
             continue
         saved = H.checkpoint_state(tmp / "chain" / f"resume{i}.ckpt")
         held = _load(tmp / "chain" / f"start{i}.pt")
-        assert held["epoch"] == start_epoch + 1, i
         _assert_same_tensors(held["masks"], saved["masks"], f"masks, run {i}")
         _assert_same_tensors(held["codebooks"], saved["codebooks"], f"codebooks, run {i}")
         assert held["ranks"] == saved["ranks"], i
@@ -146,7 +152,7 @@ def test_resume_restores_the_checkpoints_masks_codebooks_and_ranks(runs):
 @pytest.mark.slow
 def test_resumed_run_ends_on_schedule_and_masks_only_grow(runs):
     tmp, _ = runs
-    final = _load(tmp / "chain" / "final5.pt")
+    final = _load(tmp / "chain" / f"final{FINAL}.pt")
     w = final["weights"]
     for name in H.PRUNED:
         numel = w[name].numel()
@@ -170,7 +176,7 @@ def test_resumed_run_ends_on_schedule_and_masks_only_grow(runs):
 @pytest.mark.slow
 def test_resume_from_epoch_end_is_bit_identical_to_the_uninterrupted_run(runs):
     tmp, _ = runs
-    ref, final = _load(tmp / "ref" / "final.pt"), _load(tmp / "chain" / "final5.pt")
+    ref, final = _load(tmp / "ref" / "final.pt"), _load(tmp / "chain" / f"final{FINAL}.pt")
     _assert_same_tensors(final["weights"], ref["weights"], "weights")
     _assert_same_tensors(final["masks"], ref["masks"], "masks")
     _assert_same_tensors(final["codebooks"], ref["codebooks"], "codebooks")
@@ -192,7 +198,9 @@ def test_a_kill_mid_write_never_leaves_a_bad_last_checkpoint(runs):
     assert _load(tmp / "chain" / "resume5.ckpt")["epoch"] == 2
     with pytest.raises(Exception):
         _load(tmp / "chain" / "ckpts" / partial[0])  # truncated: would not load, and "last" never picks it
-    assert _load(tmp / "chain" / "start5.pt")["epoch"] == 3
+    # the next run held exactly that checkpoint's weights (those of epoch 2, not of a partial epoch-3 file)
+    held, saved = _load(tmp / "chain" / "start5.pt"), H.checkpoint_state(tmp / "chain" / "resume5.ckpt")
+    _assert_same_tensors(held["weights"], saved["weights"], "weights")
 
 
 @pytest.mark.slow
@@ -225,3 +233,17 @@ def test_atomic_checkpoint_io_failed_write_keeps_the_previous_file(tmp_path):
     assert io.load_checkpoint(path)["epoch"] == 3
     with pytest.raises(TypeError, match="storage_options"):
         io.save_checkpoint({}, path, storage_options={"x": 1})
+
+
+@pytest.mark.slow
+def test_a_resume_with_nothing_left_to_train_holds_and_resaves_the_state(runs):
+    """The last run resumed from the final checkpoint: no step, yet the callbacks hold the restored masks and
+    codebooks (a checkpoint saved after it must not say "nothing pruned" next to pruned weights)."""
+    tmp, _ = runs
+    assert _load(tmp / "chain" / f"resume{FINAL}.ckpt")["epoch"] == H.MAX_EPOCHS - 1
+    ref_after = H.checkpoint_state(tmp / "ref" / "after_fit.ckpt")
+    after = H.checkpoint_state(tmp / "chain" / "after_fit.ckpt")
+    for part in ("masks", "codebooks", "weights"):
+        _assert_same_tensors(after[part], ref_after[part], part)
+    assert after["ranks"] == ref_after["ranks"] == {"fc2": (H.FACTOR_RANK,)}
+    assert int((~after["masks"]["fc1.weight"]).sum()) == round(H.SPARSITY * H.IN * H.HIDDEN)
