@@ -175,3 +175,17 @@ def test_format_page_example_bytes_are_what_the_encoder_writes():
     decoded = decode_file(data)
     for name, tensor in namespace["state_dict"].items():
         assert decoded[name].equal(tensor), name
+
+
+def test_schedules_page_covers_every_schedule_and_name():
+    import lightning_compress.schedules as schedules
+
+    text = (DOCS / "schedules.md").read_text()
+    classes = [n for n in dir(schedules) if n.endswith("Schedule") and n != "SparsitySchedule"]
+    assert classes
+    for name in classes:
+        assert name in text, f"docs/schedules.md does not describe {name}"
+    for name in schedules.SCHEDULE_NAMES:  # every short name the callback accepts
+        assert f"`{name}`" in text or f"schedule: {name}" in text, f"docs/schedules.md lacks the name {name!r}"
+    plotted = set(re.findall(r"\(img/(schedule_\w+\.png)\)", text))
+    assert plotted == {p.name for p in (DOCS / "img").glob("schedule_*.png")}
