@@ -62,6 +62,7 @@ def compress_like_the_paper(model: nn.Module, keep: list[float], clusters: int, 
 
 @pytest.fixture(scope="module")
 def lenet300():
+    torch.manual_seed(0)  # deterministic initial weights, so the size assertions below are reproducible
     return compress_like_the_paper(LeNet300100(), [0.08, 0.09, 0.26], clusters=64)
 
 
@@ -333,6 +334,7 @@ def tiny_fit(model, tmp_path, callbacks=(), logger=False):
 
 
 def test_cli_exports_a_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
     model = compress_like_the_paper(LeNet300100(lr=0.01), [0.1, 0.1, 0.3], clusters=16)
     trainer = tiny_fit(model, tmp_path)
     ckpt = tmp_path / "model.ckpt"
