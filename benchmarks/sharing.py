@@ -185,6 +185,8 @@ def bench_bits(bits_list: list[int], dense_epochs: int, prune_epochs: int, finet
 
     pl.seed_everything(0, verbose=False)
     quick_limits = {"val_limit": 1000, "test_limit": 2000} if train_limit and train_limit < 5000 else {}
+    if train_limit and not quick_limits:
+        quick_limits = {"val_limit": 2000}  # the validation split only feeds the callback's before/after check
     dm = FashionMNISTDataModule(batch_size=128, train_limit=train_limit, download=False, **quick_limits)
     dm.setup("fit")
     dm.setup("test")
@@ -244,7 +246,7 @@ def bench_bits(bits_list: list[int], dense_epochs: int, prune_epochs: int, finet
                 flush=True,
             )
     return {
-        "dataset": "Fashion-MNIST test set" + (" (first 2000)" if quick_limits else " (10k)"),
+        "dataset": "Fashion-MNIST test set" + (" (first 2000)" if "test_limit" in quick_limits else " (10k)"),
         "train_limit": train_limit,
         "model": "LeNet-300-100",
         "dense_epochs": dense_epochs,
