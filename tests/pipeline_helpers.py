@@ -55,6 +55,7 @@ BITS = {"fc1.weight": 3, "fc3.weight": 2}  # fc1 shared at epoch 2, fc3 at epoch
 FACTOR_RANK = 4  # fc2 (32x32) -> 32x4 @ 4x32 at epoch 1
 PRUNED = ("fc1.weight", "fc3.weight")
 CKPT_DIR = "ckpts"
+STEP_CKPT_DIR = "step_ckpts"
 EXPORT_FILE = "model.lcz"
 KILL_ENV = "LC_KILL_AT"
 
@@ -111,7 +112,7 @@ def compression_callbacks(run_dir: str | os.PathLike) -> dict[str, Callback]:
 
 
 def make_trainer(run_dir: str | os.PathLike, callbacks: list[Callback], atomic: bool = True,
-                 **overrides: Any) -> pl.Trainer:
+                 every_n_train_steps: int | None = None, **overrides: Any) -> pl.Trainer:
     run_dir = Path(run_dir)
     kwargs: dict[str, Any] = dict(
         accelerator="cpu", devices=1, max_epochs=MAX_EPOCHS, deterministic=True, num_sanity_val_steps=0,
@@ -120,8 +121,11 @@ def make_trainer(run_dir: str | os.PathLike, callbacks: list[Callback], atomic: 
         plugins=[AtomicCheckpointIO()] if atomic else None,
     )
     kwargs.update(overrides)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / CKPT_DIR, filename="{epoch}", save_top_k=-1, save_last=True)
-    return pl.Trainer(callbacks=[*callbacks, checkpoint], **kwargs)
+    checkpoints = [ModelCheckpoint(dirpath=run_dir / CKPT_DIR, filename="{epoch}", save_top_k=-1, save_last=True)]
+    if every_n_train_steps:  # mid-epoch checkpoints too, in their own folder
+        checkpoints.append(ModelCheckpoint(dirpath=run_dir / STEP_CKPT_DIR, filename="{step}", save_top_k=-1,
+                                           every_n_train_steps=every_n_train_steps))
+    return pl.Trainer(callbacks=[*callbacks, *checkpoints], **kwargs)
 
 
 def fit(run_dir: str | os.PathLike, ckpt_path: str | None = None, atomic: bool = True, kill: str | None = None,

@@ -42,7 +42,7 @@ RESUMED_FROM = [None, 0, 0, 1, 2, 2, 3]  # epoch of the checkpoint each run star
 FINAL = len(CHAIN) - 1
 
 SCRIPT = r"""
-import json, os, shutil, sys, tempfile
+import glob, json, os, shutil, sys, tempfile
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import torch
 import pipeline_helpers as H
@@ -51,11 +51,12 @@ CHAIN = json.loads(sys.argv[2])
 OTHER_FS_TMP = sys.argv[3]
 
 
-def run(run_dir, kill, resume, start, final, atomic=True):
+def run(run_dir, kill, resume, start, final, atomic=True, every_n_train_steps=None):
     if os.path.isdir(OTHER_FS_TMP):
         tempfile.tempdir = OTHER_FS_TMP
-    trainer, model, cbs = H.fit(run_dir, ckpt_path="last" if resume else None, atomic=atomic, kill=kill,
-                                record_start=start)
+    ckpt_path = ("last" if resume is True else resume) if resume else None
+    trainer, model, cbs = H.fit(run_dir, ckpt_path=ckpt_path, atomic=atomic, kill=kill, record_start=start,
+                                every_n_train_steps=every_n_train_steps)
     torch.save(H.compression_state(model, cbs), final)
     trainer.save_checkpoint(os.path.join(run_dir, "after_fit.ckpt"))  # what the callbacks hold, saved again
 
@@ -70,6 +71,13 @@ for i, (kill, resume) in enumerate(CHAIN):
     summary["chain"].append(H.run_in_child(run, "chain", kill, resume, f"chain/start{i}.pt", f"chain/final{i}.pt"))
     summary["listing"].append(sorted(os.listdir("chain/ckpts")))
     summary["run_dir"].append(sorted(os.listdir("chain")))
+os.makedirs("midepoch")  # mid-epoch checkpoints every 4 steps; resume from the newest file
+summary["midepoch"] = [H.run_in_child(run, "midepoch", "batch:1.5", False, None, "midepoch/unused.pt",
+                                      every_n_train_steps=4)]
+newest = max(glob.glob("midepoch/step_ckpts/*.ckpt"), key=os.path.getmtime)
+shutil.copy(newest, "midepoch/resume.ckpt")
+summary["midepoch"].append(H.run_in_child(run, "midepoch", None, newest, "midepoch/start.pt", "midepoch/final.pt",
+                                          every_n_train_steps=4))
 os.makedirs("default_io")
 summary["default_io"] = H.run_in_child(run, "default_io", "ckpt_write:4", False, None, "default_io/final.pt",
                                        atomic=False)
@@ -149,10 +157,9 @@ def test_resume_restores_the_checkpoints_masks_codebooks_and_ranks(runs):
     assert int((~H.checkpoint_state(tmp / "chain" / "resume1.ckpt")["masks"]["fc1.weight"]).sum()) > 0
 
 
-@pytest.mark.slow
-def test_resumed_run_ends_on_schedule_and_masks_only_grow(runs):
-    tmp, _ = runs
-    final = _load(tmp / "chain" / f"final{FINAL}.pt")
+def _assert_on_schedule(final: dict, checkpoints: list[dict]) -> None:
+    """Exact zeros at the scheduled sparsity, 2^bits centroids, the factor rank; no weight pruned in any of
+    ``checkpoints`` revived."""
     w = final["weights"]
     for name in H.PRUNED:
         numel = w[name].numel()
@@ -164,13 +171,35 @@ def test_resumed_run_ends_on_schedule_and_masks_only_grow(runs):
         assert torch.equal(w[name], decode(centroids, assignment)), name
     assert final["ranks"] == {"fc2": (H.FACTOR_RANK,)}
     assert w["fc2.first.weight"].shape == (H.FACTOR_RANK, H.HIDDEN)
-    for i, start_epoch in enumerate(RESUMED_FROM):
-        if start_epoch is None:
-            continue
-        saved = H.checkpoint_state(tmp / "chain" / f"resume{i}.ckpt")
+    for saved in checkpoints:
         for name, mask in saved["masks"].items():
-            assert not bool(final["masks"][name][~mask].any()), f"a weight pruned at epoch {start_epoch} revived"
+            assert not bool(final["masks"][name][~mask].any()), f"revived: pruned at step {saved['global_step']}"
             assert bool((w[name][~mask] == 0).all()), name
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_on_schedule_and_masks_only_grow(runs):
+    tmp, _ = runs
+    final = _load(tmp / "chain" / f"final{FINAL}.pt")
+    _assert_on_schedule(final, [H.checkpoint_state(tmp / "chain" / f"resume{i}.ckpt")
+                                for i, e in enumerate(RESUMED_FROM) if e is not None])
+
+
+@pytest.mark.slow
+def test_resume_from_the_newest_mid_epoch_checkpoint(runs):
+    tmp, summary = runs
+    assert summary["midepoch"] == [-9, 0]
+    saved = H.checkpoint_state(tmp / "midepoch" / "resume.ckpt")
+    assert (saved["epoch"], saved["global_step"]) == (1, 12)  # killed after step 14; steps 4, 8, 12 saved
+    assert 0 < int((~saved["masks"]["fc1.weight"]).sum()) < round(H.SPARSITY * H.IN * H.HIDDEN)  # mid-ramp
+    held = _load(tmp / "midepoch" / "start.pt")
+    for part in ("masks", "codebooks", "weights"):
+        _assert_same_tensors(held[part], saved[part], part)
+    assert held["ranks"] == saved["ranks"] == {"fc2": (H.FACTOR_RANK,)}
+    final = _load(tmp / "midepoch" / "final.pt")
+    _assert_on_schedule(final, [saved])
+    model = load_compressed(tmp / "midepoch" / H.EXPORT_FILE, H.TinyNet())
+    _assert_same_tensors(dict(model.state_dict()), final["weights"], "exported")
 
 
 @pytest.mark.slow
