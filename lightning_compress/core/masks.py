@@ -107,8 +107,9 @@ def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tenso
             sel = m & (bits <= _INF_BITS)  # NaN is never pruned
             if shift < 24:
                 sel &= (bits >> (shift + 8)) == (prefix >> (shift + 8))
-            digits = (bits[sel] >> shift) & 0xFF
-            hist += torch.bincount(digits.long().cpu(), minlength=256)
+            digits = bits[sel]  # in place from here: one int32 copy of the selected entries
+            digits.bitwise_right_shift_(shift).bitwise_and_(0xFF)
+            hist += torch.bincount(digits, minlength=256).cpu()
             del bits, sel, digits
         cum = torch.cumsum(hist, 0)
         digit = int(torch.searchsorted(cum, torch.tensor(rank)))  # first digit with cum >= rank
