@@ -255,3 +255,38 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     assert not undocumented, f"tags written but on no callback page: {undocumented}"
     never = sorted(d for d, p in patterns.items() if not any(p.match(t) for t in written))
     assert not never, f"tags documented but not written by a fit with every callback: {never}"
+
+
+def cli_commands() -> list[tuple[str, list[str]]]:
+    """``(program, argv)`` of every ``lightning-compress[-sensitivity] ...`` line in the docs' bash blocks."""
+    import shlex
+
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.split(r"\s+#\s", line)[0]
+                match = re.search(r"(?:^|&& |/)(lightning-compress(?:-sensitivity)?) (.*)$", line.strip())
+                if match:
+                    found.append((match.group(1), shlex.split(match.group(2))))
+    return found
+
+
+def test_cli_commands_in_the_docs_parse(monkeypatch, capsys):
+    """Each documented command line parses (``--print_config``): flags, short names and config paths exist."""
+    from lightning_compress import sensitivity
+    from lightning_compress.cli import CompressCLI
+
+    commands = cli_commands()
+    assert any(prog == "lightning-compress-sensitivity" for prog, _ in commands)
+    monkeypatch.chdir(REPO)
+    for prog, argv in commands:
+        monkeypatch.setattr(sys, "argv", [prog])
+        extra = [] if "--print_config" in argv or any(a.endswith(".help") for a in argv) else ["--print_config"]
+        with pytest.raises(SystemExit) as exit_info:
+            if prog == "lightning-compress":
+                CompressCLI(args=argv + extra)
+            else:
+                sensitivity.main(argv + extra)
+        out = capsys.readouterr()
+        assert exit_info.value.code in (0, None), f"{prog} {' '.join(argv)}:\n{out.err[-2000:]}"
