@@ -267,7 +267,7 @@ def cli_commands() -> list[tuple[str, list[str]]]:
             for line in block.replace("\\\n", " ").splitlines():
                 line = re.split(r"\s+#\s", line)[0]
                 match = re.search(r"(?:^|&& |/)(lightning-compress(?:-sensitivity)?) (.*)$", line.strip())
-                if match:
+                if match and (match.group(1), shlex.split(match.group(2))) not in found:
                     found.append((match.group(1), shlex.split(match.group(2))))
     return found
 
