@@ -304,6 +304,8 @@ CASES = [
     Case("F05", "negative epoch", _f(epoch=-1), MisconfigurationException, "epoch must be", "init"),
     Case("E01", "empty export path", lambda tmp: ExportCompressed(""), ValueError, "path must be", "init"),
     Case("E02", "export path is a directory", lambda tmp: ExportCompressed(tmp), ValueError, "is a directory", "init"),
+    Case("E03", "export include pattern that matches nothing",
+         lambda tmp: fit_raises([ExportCompressed(tmp / "m.lcz", include="fc9*")]), ValueError, "include pattern 'fc9*'", "setup"),
     # -- selection, at setup
     Case("T01", "include pattern that matches nothing",
          lambda tmp: fit_raises([GradualMagnitudePruning(0.5, include="fc9*")]), ValueError, "include pattern 'fc9*'", "setup"),

@@ -29,7 +29,7 @@ from typing_extensions import override
 
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
-from lightning_compress.export import CompressionReport, report_scalars, save_compressed
+from lightning_compress.export import CompressionReport, compressed_names, report_scalars, save_compressed
 
 
 class ExportCompressed(Callback):
@@ -65,6 +65,11 @@ class ExportCompressed(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         refuse_sharded_strategy(trainer, "ExportCompressed")
+        # a selection typo must fail now, not after the whole fit; unless a factorization will rename the layers
+        if stage == "fit" and (self.include or self.exclude) and not any(
+            type(cb).__name__ == "LowRankFactorization" for cb in trainer.callbacks
+        ):
+            compressed_names(pl_module, include=self.include, exclude=self.exclude)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
