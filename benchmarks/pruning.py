@@ -14,7 +14,10 @@
     python benchmarks/pruning.py --quick          # smoke run, ~2 minutes on 2 cores
     python benchmarks/pruning.py --epochs 10      # full comparison
 
-Writes ``benchmarks/results/pruning.json`` (``pruning_quick.json`` with ``--quick``).
+Writes ``benchmarks/results/pruning.json`` (``pruning_quick.json`` with ``--quick``). ``fit_seconds`` is wall
+time and only meaningful on an otherwise idle machine. Runs committed so far (2 shared CPU cores):
+``pruning.json`` = ``--epochs 6 --train-limit 20000 --timing-reps 2 --resnet-steps 6``;
+``pruning_fashion_10ep.json`` = ``--epochs 10 --skip-timing --out ...`` (full 55k training split).
 """
 
 from __future__ import annotations
