@@ -157,6 +157,7 @@ def test_validate_and_test_only_runs_change_nothing(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not out.exists()
     assert type(model.fc1) is nn.Linear and callbacks[0].masks == {} and callbacks[1].codebooks == {}
+    assert not model._load_state_dict_pre_hooks  # factorization's checkpoint pre-hook is gone after teardown
 
     t.fit(model, data())  # then a fit, then evaluation again: still nothing moves
     after_fit = {k: v.clone() for k, v in model.state_dict().items()}
@@ -164,6 +165,7 @@ def test_validate_and_test_only_runs_change_nothing(tmp_path):
     t.validate(model, data(), verbose=False)
     t.test(model, data(), verbose=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in after_fit.items())
+    assert not model._load_state_dict_pre_hooks
 
 
 def test_frozen_layers_are_pruned_and_shared_and_stay_put():
