@@ -12,7 +12,9 @@ before any training step. The rules (a layer is a parameter name such as ``fc1.w
   itself refuses when it is constructed);
 * pruning still raises a layer's sparsity at or after the epoch (or step) at which weight sharing fixes
   that layer's assignments (clustering must see the final zeros); compared only when both count in the
-  same unit, since epochs and steps cannot be related before the dataloader exists;
+  same unit at ``setup``; when one counts epochs and the other optimizer steps, the same rule is checked
+  by :func:`check_mixed_units` at ``on_train_start``, once the batches per epoch are known (still before
+  the first step);
 * mid-fit factorization (``epoch=E``) replaces a layer that pruning or sharing holds masks or codebooks
   for (they would keep acting on the replaced module). Post-hoc factorization is fine: it runs after
   training and leaves layers that look pruned or shared dense unless ``force=True``.
@@ -28,6 +30,7 @@ Usage (inside a callback)::
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -111,4 +114,34 @@ def check_compression_callbacks(trainer: pl.Trainer, pl_module: pl.LightningModu
                 "exclude the layer from one of them, or factorize in an earlier fit and compress the factors")
 
 
-__all__ = ["check_compression_callbacks"]
+def check_mixed_units(trainer: pl.Trainer, sharing: Any) -> None:
+    """Pruning ramp vs clustering time when one counts epochs and the other steps (called at on_train_start)."""
+    from lightning_compress.callbacks.pruning import GradualMagnitudePruning
+
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches) or batches <= 0:
+        return
+    steps_per_epoch = batches / max(1, trainer.accumulate_grad_batches)  # pruning epochs count batches
+
+    def in_steps(value: float, unit: str) -> float:
+        return value * steps_per_epoch if unit == "epoch" else value
+
+    ours = _compression_callbacks(trainer)
+    times = sharing.schedule.times([t.name for t in sharing._targets])
+    for i, cb in enumerate(ours):
+        if not isinstance(cb, GradualMagnitudePruning):
+            continue
+        schedule = cb._build_schedule(trainer)
+        if schedule.unit == sharing.schedule.unit:
+            continue  # checked at setup
+        for t in cb.targets:
+            if t.name in times and t.name not in sharing.codebooks:
+                end, start = in_steps(schedule.end, schedule.unit), in_steps(times[t.name], sharing.schedule.unit)
+                if end >= start:
+                    raise MisconfigurationException(
+                        f"{_label(cb, i)} raises the sparsity of {t.name} until {schedule.unit} {schedule.end:g} "
+                        f"(step {end:g}), but {_label(sharing, ours.index(sharing))} fixes its assignments at "
+                        f"{sharing.schedule.unit} {times[t.name]} (step {start:g}); end pruning before sharing starts")
+
+
+__all__ = ["check_compression_callbacks", "check_mixed_units"]

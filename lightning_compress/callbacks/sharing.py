@@ -52,7 +52,7 @@ from typing_extensions import override
 
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.callbacks._logging import log_histogram, log_scalars, log_text, tag
-from lightning_compress.callbacks._conflicts import check_compression_callbacks
+from lightning_compress.callbacks._conflicts import check_compression_callbacks, check_mixed_units
 from lightning_compress.core.kmeans import INITS
 from lightning_compress.core.sharing import (
     SharedWeight,
@@ -201,6 +201,10 @@ class WeightSharing(Callback):
             self._pending_state = None
         for optimizer in trainer.optimizers:
             self._ensure_hook(optimizer)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_mixed_units(trainer, self)  # pruning in epochs vs sharing in steps (or the reverse): now comparable
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
