@@ -198,7 +198,19 @@ def render_pruning() -> str:
     paths = select("pruning")
     if not paths:
         return missing("pruning.json", "python benchmarks/pruning.py")
-    return "\n".join(render_pruning_file(path) for path in paths)
+    out = [render_pruning_file(path) for path in paths]
+    for path in select("global_pruning_memory"):
+        data = load(path)
+        out += [f"Memory of one global magnitude threshold (`scope: global`) over {num(data.get('weights'))} weights in "
+                f"{data.get('layers', 'n/a')} layers at sparsity {data.get('sparsity', 'n/a')}: the radix select this "
+                "package uses against concatenating all weights and calling `torch.kthvalue`. "
+                + source(path, data), ""]
+        rows = [[f"`{r.get('method', 'n/a')}`", "n/a" if r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:,.0f}",
+                 "n/a" if r.get("cpu_s") is None else f"{r['cpu_s']:.3g}",
+                 "n/a" if r.get("wall_s") is None else f"{r['wall_s']:.3g}", num(r.get("pruned"))]
+                for r in data.get("rows", [])]
+        out += [table(["method", "peak extra memory (MiB)", "CPU s", "wall s", "weights pruned"], rows), ""]
+    return "\n".join(out)
 
 
 def render_pruning_file(path: Path) -> str:
