@@ -18,6 +18,8 @@ Writes ``benchmarks/results/pruning.json`` (``pruning_quick.json`` with ``--quic
 time and only meaningful on an otherwise idle machine. Runs committed so far (2 shared CPU cores):
 ``pruning.json`` = ``--epochs 6 --train-limit 20000 --timing-reps 2 --resnet-steps 6``;
 ``pruning_fashion_10ep.json`` = ``--epochs 10 --skip-timing --out ...`` (full 55k training split).
+``pruning_timing.json`` = ``--skip-accuracy --timing-reps 3 --resnet-steps 8 --out ...`` (a second timing run;
+the spread between the two, a few percent, is the machine's noise).
 """
 
 from __future__ import annotations
