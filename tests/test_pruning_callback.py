@@ -62,6 +62,8 @@ class ZeroProbe(Callback):
         for t in self.pruning.targets:
             mask = self.pruning.masks[t.name]
             assert (t.param[~mask] == 0).all(), f"{t.name}: pruned weight moved off zero"
+            # +0.0 bit for bit (a -0.0 would not round-trip through the compressed file unchanged)
+            assert not torch.signbit(t.param[~mask]).any(), f"{t.name}: pruned weight is -0.0"
             counts[t.name] = int((~mask).sum())
             self.after_step_checks += 1
         self.pruned_counts.append(counts)

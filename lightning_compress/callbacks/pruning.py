@@ -392,7 +392,8 @@ class GradualMagnitudePruning(Callback):
                 for t in targets:
                     mask = self._multipliers.get(t.name)
                     if mask is not None:
-                        t.param.mul_(mask)
+                        # + 0.0 turns the -0.0 that stale momentum leaves (negative x 0) into +0.0
+                        t.param.mul_(mask).add_(0.0)
 
         return reapply
 

@@ -196,9 +196,13 @@ def threshold_mask(weight: torch.Tensor, q: float, mask: torch.Tensor | None = N
 
 
 def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero pruned entries in place (exact zeros, whatever the dtype)."""
+    """Zero pruned entries in place: exact +0.0 whatever the dtype.
+
+    ``masked_fill_`` rather than ``mul_``: a negative weight times 0 is -0.0, a different bit pattern,
+    which would make an exported file's round trip differ from the trained tensor.
+    """
     with torch.no_grad():
-        weight.mul_(mask)
+        weight.masked_fill_(~mask.bool(), 0)
     return weight
 
 
