@@ -195,3 +195,27 @@ def test_global_threshold_needs_no_second_copy_of_the_weights():
     assert peak <= new_masks_bytes + 4 * per_layer * 4, peak
     assert peak < weight_bytes / 2, peak  # a concatenation or a list of every |w| alone would be weight_bytes
     assert sum(int((~m).sum()) for m in result) == round(0.8 * layers * per_layer)
+
+
+def test_eight_bit_sharing_of_a_pruned_layer_costs_one_byte_per_weight():
+    """The paper's conv setting (8 bits after pruning): 255 centroids + zero's code, uint8 assignments."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_compress import WeightSharing
+    from lightning_compress.zoo import LeNet300100
+
+    torch.manual_seed(0)
+    model = LeNet300100(in_features=16, lr=1e-3, lr_scheduler="none")
+    with torch.no_grad():
+        model.fc1.weight[model.fc1.weight.abs() < 0.05] = 0  # pruned by hand
+    pruned = model.fc1.weight == 0
+    sharing = WeightSharing(bits=8, include=["fc1", "fc2"], start_epoch=0, evaluate=False, log_histograms=False)
+    data = DataLoader(TensorDataset(torch.randn(64, 16), torch.randint(0, 10, (64,))), batch_size=16)
+    pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, callbacks=[sharing]).fit(model, data)
+    fc1, fc2 = sharing.codebooks["fc1.weight"], sharing.codebooks["fc2.weight"]
+    assert fc1.assignment.dtype == torch.uint8 and fc1.k == 255  # pruned layer: zero takes the 256th code
+    assert fc2.assignment.dtype == torch.uint8 and fc2.k == 256  # dense layer: all 256 codes are centroids
+    w = model.fc1.weight.detach()
+    assert torch.equal(w == 0, pruned) and torch.unique(w[w != 0]).numel() <= 255

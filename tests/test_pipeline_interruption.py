@@ -166,7 +166,7 @@ def _assert_on_schedule(final: dict, checkpoints: list[dict]) -> None:
         assert int((w[name] == 0).sum()) == round(H.SPARSITY * numel), name
         assert int((~final["masks"][name]).sum()) == round(H.SPARSITY * numel), name
         centroids, assignment = final["codebooks"][name]
-        k = 2 ** H.BITS[name]
+        k = 2 ** H.BITS[name] - 1  # pruned layer: zero takes one of the 2^bits codes
         assert centroids.numel() == k and torch.unique(w[name][w[name] != 0]).numel() <= k, name
         assert torch.equal(w[name], decode(centroids, assignment)), name
     assert final["ranks"] == {"fc2": (H.FACTOR_RANK,)}

@@ -91,7 +91,8 @@ class WeightSharing(Callback):
 
     Args:
         bits: bits per weight index, an int or ``{glob or type alias: int}`` (e.g. ``{"conv": 8, "linear": 5}``);
-            ``None`` means Deep Compression's conv 8 / fully connected 5. k = 2^bits centroids per layer.
+            ``None`` means Deep Compression's conv 8 / fully connected 5. k = 2^bits centroids per layer, or
+            2^bits - 1 when the layer has pruned zeros (one of the 2^bits codes is zero's).
         start_epoch: epoch at whose start clustering happens (default 0 when ``start_step`` is not given).
         start_step: global step at which clustering happens instead (exclusive with ``start_epoch``).
         layer_interval: epochs (or steps) between layers when clustering layer by layer, in model order;
@@ -289,7 +290,10 @@ class WeightSharing(Callback):
             weight = target.param.detach()
             if self.log_histograms and bool((weight != 0).any()):
                 log_histogram(trainer, tag("sharing", "weights_before", name), weight[weight != 0])
-            shared = cluster_weight(weight, 2**bits, init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol)
+            # b bits name 2^b codes. A pruned layer spends one on its zeros (the file's pruned/filler code too),
+            # so 8-bit assignments stay one byte per weight in memory and exactly 8 bits on disk.
+            k = 2**bits - int(bool((weight == 0).any()))
+            shared = cluster_weight(weight, k, init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol)
             # Identical weights give identical codebooks on every rank; broadcasting makes it a guarantee.
             shared = trainer.strategy.broadcast(shared, src=0)
             self._attach(target, bits, shared)
