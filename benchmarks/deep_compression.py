@@ -253,6 +253,8 @@ def markdown(payload: dict) -> str:
         )
     lines += ["", "Paper, on MNIST (not this data set): LeNet-300-100 40x at 1.58% error (dense 1.64%); "
               "LeNet-5 39x at 0.74% error (dense 0.80%).", ""]
+    if payload.get("notes"):
+        lines += ["Notes:", "", *(f"- {n}" for n in payload["notes"]), ""]
     for net, r in payload["networks"].items():
         lines += [f"## {LABELS[net]}", "",
                   f"Recipe `{r['recipe']}`" + (f" with `{' '.join(r['overrides'])}`" if r["overrides"] else "")
