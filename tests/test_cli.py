@@ -78,13 +78,16 @@ def test_print_config_resolves_short_names(tmp_path):
         module, _, name = path.rpartition(".")
         return getattr(import_module(module), name)
 
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from lightning_compress import CompressionMonitor, ExportCompressed, GradualMagnitudePruning, WeightSharing
     from lightning_compress.zoo import LeNet300100
 
     assert resolve(printed["model"]["class_path"]) is LeNet300100
     classes = [resolve(cb["class_path"]) for cb in printed["trainer"]["callbacks"]]
-    assert classes == [GradualMagnitudePruning, WeightSharing, ExportCompressed, CompressionMonitor]
-    assert printed["trainer"]["callbacks"][0]["init_args"]["final_sparsity"] == 0.9
+    assert classes == [ModelCheckpoint, GradualMagnitudePruning, WeightSharing, ExportCompressed, CompressionMonitor]
+    assert printed["trainer"]["callbacks"][0]["init_args"]["save_last"] is True
+    assert printed["trainer"]["callbacks"][1]["init_args"]["final_sparsity"] == 0.9
 
 
 def test_callbacks_from_the_command_line(tmp_path):

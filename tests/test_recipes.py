@@ -54,6 +54,8 @@ def _callbacks(config: dict) -> dict[str, dict]:
 def test_deep_compression_recipes_prune_then_share_then_export(path):
     config = print_config(path)
     order = [cb["class_path"].rsplit(".", 1)[-1] for cb in config["trainer"]["callbacks"]]
+    assert order[0] == "ModelCheckpoint" and config["trainer"]["callbacks"][0]["init_args"]["save_last"]
+    order = order[1:]
     assert order[:3] == ["GradualMagnitudePruning", "WeightSharing", "ExportCompressed"]
     cbs = _callbacks(config)
     prune, share = cbs["GradualMagnitudePruning"], cbs["WeightSharing"]
@@ -88,7 +90,6 @@ def test_a_recipe_runs_end_to_end_on_tiny_epochs(tmp_path, monkeypatch):
         f"--trainer.max_epochs={cbs['WeightSharing']['start_epoch'] + 1}",
         "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--trainer.enable_checkpointing=false",
     ])
     path = tmp_path / cbs["ExportCompressed"]["path"]
     assert path.is_file()
