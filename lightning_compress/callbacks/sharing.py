@@ -228,12 +228,12 @@ class WeightSharing(Callback):
                 p = layer.param
                 if id(p) not in owned or p.grad is None:
                     continue
-                self._absorb_new_zeros(layer)
-                g = centroid_gradient(p.grad, layer.shared.assignment, layer.shared.k, self.reduction)
+                idx = self._absorb_new_zeros(layer)  # int64 codes, converted once for this step
+                g = centroid_gradient(p.grad, idx, layer.shared.k, self.reduction)
                 if scaler is None and not bool(torch.isfinite(g).all()):  # (a grad scaler skips such steps)
                     raise FloatingPointError(f"WeightSharing: non-finite gradient (NaN/inf) for shared layer "
                                              f"{name} at step {trainer.global_step}; it would poison whole clusters")
-                p.grad.copy_(decode(g, layer.shared.assignment.to(p.grad.device)))
+                p.grad.copy_(decode(g, idx.to(p.grad.device)))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -375,18 +375,23 @@ class WeightSharing(Callback):
                 if id(p) not in owned:
                     continue
                 shared = layer.shared
-                shared.centroids = recenter(p, shared.assignment, shared.k).to(shared.centroids.dtype)
-                p.copy_(decode(shared.centroids, shared.assignment).to(p.dtype))
+                idx = shared.index()  # one int64 conversion shared by both passes
+                shared.centroids = recenter(p, idx, shared.k).to(shared.centroids.dtype)
+                p.copy_(decode(shared.centroids, idx).to(p.dtype))
 
     @staticmethod
-    def _absorb_new_zeros(layer: _Layer) -> None:
-        """Weights zeroed since clustering (e.g. by a pruning callback) become pruned positions."""
+    def _absorb_new_zeros(layer: _Layer) -> torch.Tensor:
+        """Weights zeroed since clustering (e.g. by a pruning callback) become pruned positions.
+
+        Returns the (updated) assignment as int64, so the caller converts it only once per step.
+        """
         shared = layer.shared
-        newly = (layer.param == 0) & (shared.assignment.long() != shared.k)
+        codes = shared.index()
+        newly = (layer.param == 0) & (codes != shared.k)
         if bool(newly.any()):
-            codes = shared.assignment.long()
             codes[newly] = shared.k
             shared.assignment = codes.to(index_dtype(shared.k + 1))
+        return codes
 
     # -- measuring -----------------------------------------------------------------------------------
     def _metrics(self) -> dict[str, float]:
