@@ -20,6 +20,9 @@ _LAZY = {
     "load_compressed": "lightning_compress.export",
     "model_stats": "lightning_compress.core.stats",
     "AtomicCheckpointIO": "lightning_compress.checkpoint_io",
+    "CompressionConfigError": "lightning_compress.errors",
+    "CompressedFileError": "lightning_compress.format.errors",
+    "ArchitectureMismatchError": "lightning_compress.format.errors",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -36,30 +36,14 @@ from lightning_compress.core.bitstream import BitstreamError, ByteReader, ByteWr
 from lightning_compress.core.bitstream import encode_varint, varint_size
 from lightning_compress.core.huffman import HuffmanCode, entropy_bits
 from lightning_compress.core.stats import MAX_INDEX_BITS
-
-
-class CompressedFileError(ValueError):
-    """Base class of every error reading a compressed file."""
-
-
-class NotCompressedFileError(CompressedFileError):
-    """The file does not start with the format's magic bytes."""
-
-
-class UnsupportedVersionError(CompressedFileError):
-    """The file was written by a newer (or unknown) version of the format."""
-
-
-class TruncatedFileError(CompressedFileError):
-    """The file is shorter than its header says."""
-
-
-class CorruptedFileError(CompressedFileError):
-    """The checksum does not match, or the content cannot be decoded."""
-
-
-class ArchitectureMismatchError(CompressedFileError):
-    """The file's tensor names, shapes or dtypes differ from the model it is loaded into."""
+from lightning_compress.format.errors import (  # noqa: F401 - re-exported for older imports
+    ArchitectureMismatchError,
+    CompressedFileError,
+    CorruptedFileError,
+    NotCompressedFileError,
+    TruncatedFileError,
+    UnsupportedVersionError,
+)
 
 
 # ---- dtypes -------------------------------------------------------------------------------------------

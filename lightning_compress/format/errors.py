@@ -1,0 +1,41 @@
+"""Errors a reader of ``.lcz`` files (and of checkpoints) raises: one hierarchy, nothing else escapes.
+
+Every failure that comes from the bytes of a file is a :class:`CompressedFileError` (a ``ValueError``), so
+code that opens files from strangers needs one ``except``. No Lightning here: ``format/`` works without it.
+"""
+
+from __future__ import annotations
+
+
+class CompressedFileError(ValueError):
+    """Base class of every error reading a compressed file."""
+
+
+class NotCompressedFileError(CompressedFileError):
+    """The file does not start with the format's magic bytes."""
+
+
+class UnsupportedVersionError(CompressedFileError):
+    """The file was written by a newer (or unknown) version of the format."""
+
+
+class TruncatedFileError(CompressedFileError):
+    """The file is shorter than its header says."""
+
+
+class CorruptedFileError(CompressedFileError):
+    """The checksum does not match, or the content cannot be decoded."""
+
+
+class ArchitectureMismatchError(CompressedFileError):
+    """The file's tensor names, shapes or dtypes differ from the model it is loaded into."""
+
+
+__all__ = [
+    "ArchitectureMismatchError",
+    "CompressedFileError",
+    "CorruptedFileError",
+    "NotCompressedFileError",
+    "TruncatedFileError",
+    "UnsupportedVersionError",
+]
