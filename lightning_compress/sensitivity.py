@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import nn
 
-from lightning_compress.callbacks._logging import tag
+from lightning_compress.tags import tag
 from lightning_compress.core import masks as M
 from lightning_compress.core.targets import find_targets
 

@@ -1,8 +1,4 @@
-"""One place for how callbacks write to the Trainer's loggers.
-
-Tag scheme (shared by every callback so TensorBoard groups them):
-``compress/sparsity``, ``compress/sparsity/<layer>``, ``compress/target_sparsity[/<layer>]``,
-``compress/bits/<layer>``, ``compress/ratio``, ``compress/size_bytes``, ``compress/rank/<layer>``, ...
+"""One place for how callbacks write to the Trainer's loggers (tag names: :mod:`lightning_compress.tags`).
 
 Callbacks log from hooks where ``LightningModule.log`` is not allowed (``on_fit_start``, ``on_fit_end``),
 so this writes to ``trainer.loggers`` directly, on rank zero only.
@@ -16,12 +12,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-PREFIX = "compress"
-
-
-def tag(*parts: str) -> str:
-    """``tag("sparsity", "fc1.weight") -> "compress/sparsity/fc1.weight"``."""
-    return "/".join((PREFIX, *parts))
+from lightning_compress.tags import PREFIX, tag  # noqa: F401 - the callbacks import tag from here
 
 
 def log_scalars(trainer: Trainer, metrics: Mapping[str, float], step: int | None = None) -> None:
