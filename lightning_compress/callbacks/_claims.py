@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Protocol, runtime_checkable
 
+from lightning_compress.schedules.events import Unit
+
 Kind = Literal["prune", "share", "factorize"]
-Unit = Literal["epoch", "step"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Claim:
     done: frozenset[str] = field(default_factory=frozenset)
     posthoc: bool = False
     renames_layers: bool = False
+    #: Human-readable notes on what did not complete (``"fc1.weight: 43.8% sparse, 50% asked"``): filled in
+    #: once the fit ended early (``max_steps``, ``EarlyStopping``, an interrupt); empty when all is done.
+    unfinished: tuple[str, ...] = ()
 
     def pending(self) -> dict[str, tuple[float, float]]:
         """The layers still to be changed in this fit."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Mapping
 
-Unit = Literal["epoch", "step"]
+from lightning_compress.schedules.events import Unit
 #: How many mask updates a ramp makes when ``frequency`` is not given.
 DEFAULT_UPDATES = 10
 _EPS = 1e-9
