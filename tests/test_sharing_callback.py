@@ -177,7 +177,7 @@ def test_plain_sgd_moves_each_centroid_by_lr_times_summed_gradient(tmp_path):
     for j in range(shared.k):
         summed = probe.grad[idx == j].sum()
         assert int((idx == j).sum()) > 1
-        assert torch.allclose(probe.after[j], probe.before[j] - 0.01 * summed, atol=1e-6), j
+        assert torch.allclose(probe.after[0, j], probe.before[0, j] - 0.01 * summed, atol=1e-6), j
 
 
 def test_layer_by_layer_on_steps(tmp_path):
