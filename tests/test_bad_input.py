@@ -285,10 +285,10 @@ CASES = [
     Case("P15", "exponential schedule to sparsity 1", _g(final_sparsity=1.0, schedule="exponential"), ValueError, "final_sparsity < 1", "init"),
     Case("P16", "missing final_sparsity", _g(), ValueError, "final_sparsity is required", "init"),
     # -- WeightSharing arguments
-    Case("S01", "bits of 0", _w(bits=0), MisconfigurationException, "bits must be integers in [1, 16]", "init"),
-    Case("S02", "bits above 16", _w(bits=17), MisconfigurationException, "bits must be integers in [1, 16]", "init"),
-    Case("S03", "fractional bits", _w(bits=4.5), MisconfigurationException, "bits must be integers", "init"),
-    Case("S04", "per-layer bits given as a string", _w(bits={"fc1*": "4"}), MisconfigurationException, "bits must be integers", "init"),
+    Case("S01", "bits of 0", _w(bits=0), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
+    Case("S02", "bits above 16", _w(bits=17), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
+    Case("S03", "fractional bits", _w(bits=4.5), MisconfigurationException, "bits must be an int", "init"),
+    Case("S04", "per-layer bits given as a string", _w(bits={"fc1*": "4"}), MisconfigurationException, "bits['fc1*'] must be an int", "init"),
     Case("S05", "both start_epoch and start_step", _w(bits=4, start_epoch=1, start_step=5), MisconfigurationException, "start_epoch or start_step", "init"),
     Case("S06", "negative start_epoch", _w(bits=4, start_epoch=-1), MisconfigurationException, "start_epoch", "init"),
     Case("S07", "unknown k-means init", _w(bits=4, init="spectral"), MisconfigurationException, "init must be one of", "init"),
@@ -383,7 +383,7 @@ CASES = [
     Case("Y03", "misspelled argument in YAML",
          lambda tmp: _cli(tmp, PRUNING_YAML.format("final_sparsty: 0.5")), SystemExit, "'final_sparsty' is not accepted", "parse"),
     Case("Y04", "out-of-range bits in YAML",
-         lambda tmp: _cli(tmp, SHARING_YAML.format("bits: 20")), ValueError, "bits must be integers in [1, 16]", "parse"),
+         lambda tmp: _cli(tmp, SHARING_YAML.format("bits: 20")), ValueError, "bits must be an int >= 1 and <= 16", "parse"),
 ]
 
 
