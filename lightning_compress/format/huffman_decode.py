@@ -19,9 +19,10 @@ from lightning_compress.format.bitstream import BitstreamError, byte_words
 
 #: Bits per lane (rounded to the code lengths' common divisor). Long enough for lanes to resynchronise.
 LANE_BITS = 256
+#: Bits each lane decodes before its own (discarded), so that it is on the true chain when its bits begin.
+LEAD_BITS = 64
 #: Rounds of lane re-decoding before the rest of the stream is decoded symbol by symbol.
 MAX_ROUNDS = 4
-_STOPPED = np.iinfo(np.int64).max // 2  # exit of a lane that met an invalid code
 
 
 def decode_canonical(
@@ -37,27 +38,34 @@ def decode_canonical(
     nbytes = (nbits + 7) // 8
     if len(buf) < nbytes:
         raise BitstreamError(f"stream of {nbits} bits needs {nbytes} bytes, got {len(buf)}")
-    words = byte_words(buf, nbytes).astype(np.int64)
     lane = max(step, LANE_BITS // step * step)
+    # lanes run on until the slowest is done (at most lane + lead + 8 steps of at most ``top`` bits): zero padding
+    words = np.zeros(nbytes + top * (lane + LEAD_BITS + step + 8) // 8 + 8, dtype=np.int64)
+    words[:nbytes] = byte_words(buf, nbytes)
+    # one gather per symbol: bits 0-4 how far to advance (an invalid code: 1 bit), bit 5 invalid, symbol above
+    table = (table_sym << 6) | np.where(table_len == 0, 32 | 1, table_len)
     starts = np.arange(0, nbits, lane, dtype=np.int64)
     ends = np.minimum(starts + lane, nbits)
-    pos, syms, exits, bad = _run_lanes(words, starts, ends, top, table_sym, table_len)
+    # each lane starts decoding a little before its own bits, so that it has resynchronised when they begin
+    warm = np.maximum(starts - (LEAD_BITS // step + 1) * step, 0)
+    pos, packed, exits = _run_lanes(words, warm, ends, top, table)
     entry = np.concatenate([[0], exits[:-1]])
     for _ in range(MAX_ROUNDS):
         redo = _inconsistent(pos, entry, ends)
+        redo = redo[entry[redo] < nbits] if redo.size else redo
         if redo.size == 0:
             break
-        _check_no_bad(bad, entry, redo[0])
-        redo = redo[entry[redo] < _STOPPED]
-        p2, s2, x2, b2 = _run_lanes(words, entry[redo], ends[redo], top, table_sym, table_len)
-        pos, syms = _widen(pos, p2.shape[0]), _widen(syms, p2.shape[0])
-        pos[:, redo], syms[:, redo] = _widen(p2, pos.shape[0]), _widen(s2, pos.shape[0])
-        exits[redo], bad[redo] = x2, b2
+        p2, k2, x2 = _run_lanes(words, entry[redo], ends[redo], top, table)
+        pos, packed = _widen(pos, p2.shape[0]), _widen(packed, p2.shape[0])
+        pos[:, redo], packed[:, redo] = _widen(p2, pos.shape[0]), _widen(k2, pos.shape[0])
+        exits[redo] = x2
         entry = np.concatenate([[0], exits[:-1]])
     redo = _inconsistent(pos, entry, ends)
     first_wrong = int(redo[0]) if redo.size else starts.size
-    _check_no_bad(bad, entry, first_wrong)
-    ok_pos, ok_sym = _collect(pos[:, :first_wrong], syms[:, :first_wrong], entry[:first_wrong])
+    ok_packed = _collect(pos[:, :first_wrong], packed[:, :first_wrong], entry[:first_wrong], ends[:first_wrong])
+    if np.any(ok_packed & 32):
+        raise BitstreamError("Huffman stream holds an invalid code")
+    ok_sym = ok_packed >> 6
     if first_wrong < starts.size:
         tail_sym, end = _decode_scalar(words, int(entry[first_wrong]), nbits, count - ok_sym.size + 1,
                                        top, table_sym, table_len)
@@ -69,29 +77,23 @@ def decode_canonical(
     return ok_sym
 
 
-def _window(words: np.ndarray, pos: np.ndarray, top: int) -> np.ndarray:
-    return (words[pos >> 3] >> (32 - top - (pos & 7))) & ((1 << top) - 1)
-
-
-def _run_lanes(words, starts, ends, top, table_sym, table_len):
-    """Decode every lane from ``starts`` until it passes ``ends``: positions/symbols (steps x lanes), exits."""
+def _run_lanes(words, starts, ends, top, table):
+    """Decode every lane from ``starts`` until all passed their ``ends``: positions and packed codes
+    (steps x lanes; entries at or past a lane's end are not the lane's), and each lane's exit."""
     pos = starts.copy()
-    bad = np.full(starts.size, _STOPPED, dtype=np.int64)
-    rows_p, rows_s = [], []
-    active = pos < ends
-    while active.any():
-        w = _window(words, np.minimum(pos, words.size * 8 - 1), top)
-        length = table_len[w]
-        invalid = active & (length == 0)
-        if invalid.any():
-            bad[invalid] = np.minimum(bad[invalid], pos[invalid])
-        rows_p.append(np.where(active & ~invalid, pos, -1))
-        rows_s.append(table_sym[w])
-        pos = np.where(active, np.where(invalid, _STOPPED, pos + length), pos)
-        active = pos < ends
-    if not rows_p:
-        return np.full((1, starts.size), -1, dtype=np.int64), np.zeros((1, starts.size), np.int64), pos, bad
-    return np.stack(rows_p), np.stack(rows_s), pos, bad
+    rows_p, rows_k = [], []
+    base, mask = 32 - top, (1 << top) - 1
+    while np.any(pos < ends):
+        for _ in range(8):
+            packed = table[(words[pos >> 3] >> (base - (pos & 7))) & mask]
+            rows_p.append(pos)
+            rows_k.append(packed)
+            pos = pos + (packed & 31)
+    rows_p.append(pos)
+    rows_k.append(np.zeros_like(pos))
+    all_pos = np.stack(rows_p)
+    first_past = (all_pos >= ends[None, :]).argmax(axis=0)  # where the next lane's true chain starts
+    return all_pos, np.stack(rows_k), all_pos[first_past, np.arange(starts.size)]
 
 
 def _widen(a: np.ndarray, rows: int) -> np.ndarray:
@@ -103,21 +105,15 @@ def _widen(a: np.ndarray, rows: int) -> np.ndarray:
 
 def _inconsistent(pos: np.ndarray, entry: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Lanes whose decoded chain does not contain their entry point (the previous lane's exit)."""
-    met = (pos == entry[None, :]).any(axis=0) | (entry >= ends)
+    met = (pos == entry[None, :]).any(axis=0) | (entry >= ends)  # a lane no code starts in is trivially met
     met[0] = True
     return np.flatnonzero(~met)
 
 
-def _check_no_bad(bad: np.ndarray, entry: np.ndarray, upto: int) -> None:
-    """Lanes before ``upto`` are on the true chain: an invalid code there is in the stream."""
-    if np.any((bad[:upto] < _STOPPED) & (bad[:upto] >= entry[:upto])):
-        raise BitstreamError("Huffman stream holds an invalid code")
-
-
-def _collect(pos: np.ndarray, syms: np.ndarray, entry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lane-major positions and symbols from each lane's entry point on."""
-    keep = (pos >= entry[None, :]).T
-    return pos.T[keep], syms.T[keep]
+def _collect(pos: np.ndarray, packed: np.ndarray, entry: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Lane-major packed codes from each lane's entry point to its end."""
+    keep = ((pos >= entry[None, :]) & (pos < ends[None, :])).T
+    return packed.T[keep]
 
 
 def _decode_scalar(words, start, nbits, limit, top, table_sym, table_len):
