@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_compress import CompressionMonitor, GradualMagnitudePruning, LowRankFactorization, WeightSharing
 from lightning_compress.callbacks.export import ExportCompressed
-from lightning_compress.core.storage import (
+from lightning_compress.format.errors import (
     ArchitectureMismatchError,
     CorruptedFileError,
     NotCompressedFileError,
