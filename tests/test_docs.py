@@ -162,47 +162,21 @@ def _tag_pattern(documented: str) -> re.Pattern:
 
 def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     """One small fit with every callback: each ``compress/...`` tag it writes is documented, and vice versa."""
-    import torch
-    from lightning.pytorch import LightningModule, Trainer
+    from helpers import TinyNet, image_data, tiny_trainer
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_compress import (CompressionMonitor, ExportCompressed, GradualMagnitudePruning,
                                     LowRankFactorization, WeightSharing)
 
-    class Tiny(LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 8, 3)
-            self.fc1 = nn.Linear(8 * 6 * 6, 32)
-            self.fc2 = nn.Linear(32, 10)
-
-        def forward(self, x):
-            return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
-
-        def training_step(self, batch, _):
-            return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-        def validation_step(self, batch, _):
-            self.log("val_acc", (self(batch[0]).argmax(-1) == batch[1]).float().mean())
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
-    torch.manual_seed(0)
-    data = TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
-    loader = DataLoader(data, batch_size=32)
+    loader = image_data(64, batch_size=32)
     logger = TensorBoardLogger(tmp_path, name="tags")
-    trainer = Trainer(max_epochs=3, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=[
-                          LowRankFactorization(rank=2, epoch=1, include=["conv", "fc2"]),  # mid-fit: Tucker-2 + SVD
-                          GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1, include=["fc1"]),
-                          WeightSharing(3, start_epoch=2, include=["fc1"]),
-                          ExportCompressed(tmp_path / "m.lcz"),
-                          CompressionMonitor()])
-    trainer.fit(Tiny(), loader, loader)
+    trainer = tiny_trainer([LowRankFactorization(rank=2, epoch=1, include=["conv", "fc2"]),  # mid-fit: Tucker-2 + SVD
+                            GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1, include=["fc1"]),
+                            WeightSharing(3, start_epoch=2, include=["fc1"]),
+                            ExportCompressed(tmp_path / "m.lcz"),
+                            CompressionMonitor()], max_epochs=3, logger=logger)
+    trainer.fit(TinyNet(), loader, loader)
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
     events.Reload()
     tags = events.Tags()
