@@ -1,0 +1,216 @@
+"""Sharded tensors (FSDP2 / ``DTensor``) seen one tensor at a time. Pure torch, no Lightning.
+
+Under FSDP2 (Lightning's ``ModelParallelStrategy``) every parameter is a ``DTensor``: each rank holds a part
+of it (``to_local()``), split on dim 0 the way ``torch.chunk`` splits (the last ranks get fewer rows, or none).
+A mask, a codebook assignment or a statistic of a *whole* layer therefore needs either
+
+* the whole layer, gathered **one tensor at a time** (:func:`full_tensor`, :func:`full_like`; memory: one
+  layer, never the model), with the result cut back to this rank's part (:func:`shard_like`); or
+* sums over the parts (:func:`shard_sum`: counts, histograms, per-cluster sums), which equal the unsharded
+  sums exactly for integers.
+
+Every function is a no-op on ordinary tensors (single process, DDP: each rank holds the whole tensor), so a
+callback can call them unconditionally. Functions that communicate are *collective*: every rank holding a part
+of the tensor must call them, in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+try:  # torch >= 2.4 has the public module
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+except ImportError:  # pragma: no cover - older torch: nothing is ever sharded
+    DTensor = Replicate = Shard = distribute_tensor = None  # type: ignore[assignment,misc]
+
+
+def is_distributed() -> bool:
+    """Whether a default process group is up (more than one rank may exist)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_dtensor(t: Any) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def is_sharded(t: Any) -> bool:
+    """Whether ``t`` is a ``DTensor`` split across more than one rank (not merely replicated)."""
+    if not is_dtensor(t):
+        return False
+    mesh = t.device_mesh
+    return any(not isinstance(p, Replicate) and mesh.size(i) > 1 for i, p in enumerate(t.placements))
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t`` (``t`` itself when not a ``DTensor``).
+
+    The same storage as the parameter: in-place edits of the result (``masked_fill_``, ``copy_``) change the
+    parameter. Detached, so safe to edit under ``torch.no_grad()``.
+    """
+    if is_dtensor(t):
+        return t._local_tensor if isinstance(t, torch.nn.Parameter) else t.to_local().detach()
+    return t.detach() if t.requires_grad else t
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on every rank (an all-gather of one tensor; ``t`` itself when not a ``DTensor``)."""
+    if not is_dtensor(t):
+        return t.detach()
+    with torch.no_grad():
+        return t.detach().full_tensor()
+
+
+def _gather_safe(local: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+    """gloo has no bool collectives: move bools through uint8."""
+    return (local.to(torch.uint8), torch.bool) if local.dtype == torch.bool else (local, local.dtype)
+
+
+def full_like(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gather a tensor split exactly like ``like`` (a mask or assignments kept per shard) into its full shape."""
+    if not is_dtensor(like):
+        return local
+    if tuple(local.shape) != tuple(like.to_local().shape):
+        raise ValueError(f"local part shaped {tuple(local.shape)}, but this rank holds {tuple(like.to_local().shape)} "
+                         f"of the {tuple(like.shape)} tensor it should be split like")
+    data, dtype = _gather_safe(local.detach())
+    spread = DTensor.from_local(data, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+    return spread.full_tensor().to(dtype)
+
+
+def local_slices(like: torch.Tensor) -> tuple[slice, ...]:
+    """Global index ranges (one slice per dim) of this rank's part of ``like``; whole ranges when not sharded.
+
+    Follows ``DTensor``'s split of ``Shard(d)`` placements (``torch.chunk`` sizes, mesh dims left to right),
+    which is how FSDP2 shards its parameters. Other placements (``_StridedShard`` of FSDP + tensor parallel on
+    one dim, ``Partial``) raise ``NotImplementedError``.
+    """
+    bounds = [[0, n] for n in like.shape]
+    if not is_dtensor(like):
+        return tuple(slice(a, b) for a, b in bounds)
+    mesh, coord = like.device_mesh, like.device_mesh.get_coordinate()
+    if coord is None:
+        raise ValueError("this rank holds no part of the tensor (it is not in the tensor's device mesh)")
+    for i, placement in enumerate(like.placements):
+        if isinstance(placement, Replicate):
+            continue
+        if type(placement) is not Shard:
+            raise NotImplementedError(f"placement {placement} on mesh dim {i} is not supported")
+        d = placement.dim % like.dim()
+        start, stop = bounds[d]
+        chunk = math.ceil((stop - start) / mesh.size(i))
+        lo = min(start + coord[i] * chunk, stop)
+        bounds[d] = [lo, min(lo + chunk, stop)]
+    return tuple(slice(a, b) for a, b in bounds)
+
+
+def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a full-shaped tensor (a mask, assignments), cut exactly as ``like`` is cut.
+
+    No communication: every rank slices its own rows. ``full`` itself when ``like`` is not a ``DTensor``.
+    """
+    if tuple(full.shape) != tuple(like.shape):
+        raise ValueError(f"full tensor shaped {tuple(full.shape)}, expected {tuple(like.shape)}")
+    if not is_dtensor(like):
+        return full
+    try:
+        part = full[local_slices(like)]
+    except NotImplementedError:  # exotic placements: let DTensor cut it, locally (src_data_rank=None)
+        part = distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
+    return part.clone().to(like.to_local().device)
+
+
+def _shard_groups(like: torch.Tensor) -> list:
+    """Process groups of the mesh dims over which ``like`` is split (not those it is replicated over)."""
+    if not is_dtensor(like):
+        return []
+    mesh = like.device_mesh
+    return [mesh.get_group(i) for i, p in enumerate(like.placements)
+            if not isinstance(p, Replicate) and mesh.size(i) > 1]
+
+
+def shard_sum(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` (in place) over the ranks holding the parts of ``like``: a local count or histogram becomes
+    the whole tensor's. A no-op when ``like`` is not sharded (every rank already saw the whole tensor)."""
+    for group in _shard_groups(like):
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+    return x
+
+
+def shard_count(n: int, like: torch.Tensor) -> int:
+    """:func:`shard_sum` of one integer."""
+    if not is_sharded(like):
+        return int(n)
+    return int(shard_sum(torch.tensor([int(n)], dtype=torch.int64, device=_comm_device(like)), like).item())
+
+
+def _comm_device(like: torch.Tensor) -> torch.device:
+    return like.to_local().device if is_dtensor(like) else like.device
+
+
+def flat_range(like: torch.Tensor) -> tuple[int, int]:
+    """``(start, stop)`` flat (row-major) indices of this rank's part, when that part is one contiguous run of
+    the whole tensor: true for FSDP2's dim-0 split. ``NotImplementedError`` otherwise."""
+    slices = local_slices(like)
+    inner = 1
+    for n in like.shape[1:]:
+        inner *= n
+    if any((s.start, s.stop) != (0, n) for s, n in zip(slices[1:], like.shape[1:])):
+        raise NotImplementedError("this rank's part is not a contiguous run of rows (sharded beyond dim 0)")
+    if not slices:
+        return 0, like.numel()
+    return slices[0].start * inner, slices[0].stop * inner
+
+
+def shard_prefix(n: int, like: torch.Tensor) -> int:
+    """Sum of ``n`` over the ranks whose parts of ``like`` come *before* this rank's in flat order (0 when not
+    sharded). With it, "the first c ties in flat order" is decided per part without gathering the tensor."""
+    if not is_sharded(like):
+        return 0
+    start, _ = flat_range(like)
+    pairs = torch.tensor([[start, int(n)]], dtype=torch.int64, device=_comm_device(like))
+    gathered = pairs
+    for group in _shard_groups(like):
+        parts = [torch.empty_like(gathered) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, gathered, group=group)
+        gathered = torch.cat(parts)
+    starts, counts = gathered[:, 0], gathered[:, 1]
+    return int(counts[starts < start].sum())
+
+
+def all_reduce_sum(x: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Sum ``x`` in place over ``group`` (default: every rank); a no-op without a process group."""
+    if is_distributed() and dist.get_world_size(group) > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+    return x
+
+
+def broadcast_(x: torch.Tensor, src: int = 0, group: Any = None) -> torch.Tensor:
+    """Overwrite ``x`` with rank ``src``'s (every rank the same codebook to the last bit); no-op alone."""
+    if is_distributed() and dist.get_world_size(group) > 1:
+        data, dtype = _gather_safe(x)
+        dist.broadcast(data, src=src, group=group)
+        if data is not x:
+            x.copy_(data.to(dtype))
+    return x
+
+
+__all__ = [
+    "all_reduce_sum",
+    "broadcast_",
+    "flat_range",
+    "full_like",
+    "full_tensor",
+    "is_distributed",
+    "is_dtensor",
+    "is_sharded",
+    "local_slices",
+    "local_tensor",
+    "shard_count",
+    "shard_like",
+    "shard_prefix",
+    "shard_sum",
+]
