@@ -66,6 +66,7 @@ def _checks(rank: int, world: int) -> dict:
     with torch.no_grad():  # in-place edits of local_tensor reach the parameter
         D.local_tensor(p).masked_fill_(D.shard_like(before < 0, p), 0)
     out["fsdp"]["inplace"] = torch.equal(D.full_tensor(p), before.masked_fill(before < 0, 0))
+    out["whole"] = _whole_checks(mesh)
     plain = torch.ones(3)  # ordinary tensors are whole on every rank: nothing is summed or cut
     out["plain"] = {"sum": D.shard_sum(plain.clone(), plain), "prefix": D.shard_prefix(5, plain),
                     "count": D.shard_count(5, plain), "sharded": D.is_sharded(plain)}
@@ -74,6 +75,34 @@ def _checks(rank: int, world: int) -> dict:
     out["broadcast_float"] = D.broadcast_(torch.full((2,), float(rank)), src=0)
     out["all_reduce"] = D.all_reduce_sum(torch.tensor([rank + 1.0]))
     return out
+
+
+def _whole_checks(mesh) -> dict:
+    from torch import nn
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from lightning_compress.core.masks import magnitude_mask
+
+    full = _full((33, 16), seed=1)
+    old = _full((33, 16), seed=2) > -1  # an earlier mask: about 16% already pruned
+    dt = distribute_tensor(full, mesh, [Shard(0)])
+    mask = D.on_whole(lambda w, m: magnitude_mask(w, 0.5, m), dt, D.shard_like(old, dt))
+    parts = D.Parts(dt)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3))
+    reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=mesh)
+    gathered = D.GatheredStateDict(model.state_dict())
+    streamed = {k: v.clone() for k, v in gathered.items()}  # each value dropped before the next is read
+    held = D.GatheredStateDict(model.state_dict())
+    kept = list(held.values())
+    return {"mask": mask, "expected": D.shard_like(magnitude_mask(full, 0.5, old), dt),
+            "count": parts.count(int(mask.sum())), "sum": parts.sum(mask.sum().reshape(1)),
+            "before": parts.before(mask.numel()), "streamed_equal": streamed.keys() == reference.keys()
+            and all(torch.equal(streamed[k], reference[k]) for k in reference),
+            "peak_streamed": gathered.peak_live, "peak_held": held.peak_live, "held": len(kept)}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +151,27 @@ def test_plain_tensors_and_collectives(ranks):
         assert torch.equal(r["all_reduce"], torch.tensor([3.0]))
 
 
+def test_whole_layer_rules_and_sums_over_parts(ranks):
+    full, old = _full((33, 16), seed=1), _full((33, 16), seed=2) > -1
+    from lightning_compress.core.masks import magnitude_mask
+
+    want = magnitude_mask(full, 0.5, old)
+    for rank, r in enumerate(ranks):
+        w = r["whole"]
+        assert torch.equal(w["mask"], w["expected"])  # each rank's part of the one-process mask
+        assert w["count"] == int(want.sum()) and int(w["sum"]) == int(want.sum())
+        assert w["before"] == (0 if rank == 0 else 17 * 16)
+
+
+def test_gathered_state_dict_holds_one_layer_at_a_time(ranks):
+    for r in ranks:
+        w = r["whole"]
+        assert w["streamed_equal"]
+        # a for-loop reader: the tensor of the last iteration is still bound while the next is gathered
+        assert w["peak_streamed"] == 2
+        assert w["peak_held"] == w["held"] == 4  # and the count notices a reader that keeps them all
+
+
 def test_single_process_is_a_no_op():
     t = torch.randn(5, 3, requires_grad=True)
     assert not D.is_distributed() and not D.is_sharded(t) and not D.is_dtensor(t)
@@ -131,5 +181,9 @@ def test_single_process_is_a_no_op():
     assert D.local_slices(t) == (slice(0, 5), slice(0, 3)) and D.flat_range(t) == (0, 15)
     x = torch.ones(2)
     assert D.all_reduce_sum(x) is x and torch.equal(x, torch.ones(2)) and D.broadcast_(x) is x
+    assert torch.equal(D.on_whole(lambda w: w > 0, t), t > 0)
+    parts = D.Parts(t)
+    assert parts.count(7) == 7 and parts.before(7) == 0 and parts.sum(x) is x
+    assert dict(D.GatheredStateDict({"a": t})) == {"a": t}
     with pytest.raises(ValueError, match="full tensor shaped"):
         D.shard_like(torch.zeros(4, 3), t)

@@ -17,7 +17,9 @@ of the tensor must call them, in the same order.
 from __future__ import annotations
 
 import math
-from typing import Any
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -198,7 +200,75 @@ def broadcast_(x: torch.Tensor, src: int = 0, group: Any = None) -> torch.Tensor
     return x
 
 
+def on_whole(fn: Callable[..., torch.Tensor], param: torch.Tensor, *parts: torch.Tensor) -> torch.Tensor:
+    """``fn(whole param, *whole parts)`` cut back to this rank's part; ``fn(param, *parts)`` when not sharded.
+
+    ``parts`` are tensors split like ``param`` (its current mask, ...). Every rank gathers the same layer and
+    runs the same deterministic ``fn``, so every rank gets its part of one answer. Memory: one layer.
+    """
+    if not is_sharded(param):
+        return fn(local_tensor(param), *parts)
+    whole = fn(full_tensor(param), *(full_like(p, param) for p in parts))
+    return shard_like(whole, param)
+
+
+class Parts:
+    """Sums over the parts of tensors split like ``like`` (a layer, or every layer of one FSDP2 mesh).
+
+    Identity when ``like`` is not sharded: the mask rules take one, so the same code counts a whole tensor
+    on one process and the parts of it on many.
+    """
+
+    def __init__(self, like: torch.Tensor | None = None) -> None:
+        self.like = like if like is not None and is_sharded(like) else None
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.like is None else shard_sum(x, self.like)
+
+    def count(self, n: int) -> int:
+        return int(n) if self.like is None else shard_count(n, self.like)
+
+    def before(self, n: int, like: torch.Tensor | None = None) -> int:
+        """Sum of ``n`` over the parts before this rank's of ``like`` (default: the tensor given at creation)."""
+        target = like if like is not None else self.like
+        return 0 if self.like is None or target is None else shard_prefix(n, target)
+
+
+class GatheredStateDict(Mapping):
+    """A ``state_dict`` whose sharded values are gathered one at a time, when read.
+
+    Handed to a writer that reads each tensor once, in order (the compressed export), it keeps at most two
+    whole layers alive beside the model's own parts: the one being written, and the next one being gathered
+    while a ``for`` loop still holds the last. Collective: every rank must read the same keys in the same
+    order (run the same writer), even if only rank 0 keeps the result. ``peak_live`` counts the largest
+    number of gathered tensors alive at once (what a test checks).
+    """
+
+    def __init__(self, state_dict: Mapping[str, Any]) -> None:
+        self._state = state_dict
+        self._live: list[weakref.ref] = []
+        self.peak_live = 0
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._state[key]
+        if not is_dtensor(value):
+            return value
+        self._live = [r for r in self._live if r() is not None]
+        whole = full_tensor(value)
+        self._live.append(weakref.ref(whole))
+        self.peak_live = max(self.peak_live, len(self._live))
+        return whole
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+
 __all__ = [
+    "GatheredStateDict",
+    "Parts",
     "all_reduce_sum",
     "broadcast_",
     "flat_range",
@@ -209,6 +279,7 @@ __all__ = [
     "is_sharded",
     "local_slices",
     "local_tensor",
+    "on_whole",
     "shard_count",
     "shard_like",
     "shard_prefix",
