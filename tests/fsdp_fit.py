@@ -134,6 +134,60 @@ class Probe(Callback):
         self.loaded = state_dict
 
 
+PRUNED, SHARED = ("fc1.weight", "fc2.weight"), ("fc1.weight", "fc3.weight")
+SPARSITY, BITS = 0.75, 3
+PRUNE_RULES = {"layer": {}, "global": {"scope": "global"}, "nm": {"structure": "2:4", "final_sparsity": None},
+               "std": {"criterion": "std", "sensitivity": 0.5, "final_sparsity": None, "schedule": {0.5: 1.0, 1.0: 1.0}}}
+
+
+def compression_callbacks(root: Path, prune: str, epochs: int) -> dict:
+    """Pruning of fc1/fc2 over epochs 0-1 (update every half epoch), sharing of fc1/fc3 at ``epochs - 1``."""
+    from lightning_compress import CompressionMonitor, ExportCompressed, GradualMagnitudePruning, WeightSharing
+
+    kwargs = {"final_sparsity": SPARSITY, "start_epoch": 0.0, "end_epoch": 1.0, "update_every": 0.5,
+              **PRUNE_RULES[prune]}
+    return {
+        "pruning": GradualMagnitudePruning(include=["fc1", "fc2"], prog_bar=False, **kwargs),
+        "sharing": WeightSharing(BITS, start_epoch=epochs - 1, include=["fc1", "fc3"], evaluate=False,
+                                 log_histograms=False),
+        "monitor": CompressionMonitor(print_summary=False),
+        "export": ExportCompressed(root / "model.lcz", compare_gzip=False),
+    }
+
+
+def compression_view(model: nn.Module, cbs: dict) -> dict:
+    """Masks, codebooks (centroids, whole assignments) and whole weights, gathered: collective on every rank."""
+    from lightning_compress.core import distributed as D
+
+    params = dict(model.named_parameters())
+    masks = {name: D.full_like(m, params[name]).clone() for name, m in getattr(cbs.get("pruning"), "masks", {}).items()}
+    books = {}
+    for name, shared in getattr(cbs.get("sharing"), "codebooks", {}).items():
+        books[name] = {"centroids": shared.centroids.detach().cpu().clone(),
+                       "assignment": D.full_like(shared.assignment, params[name]).cpu().clone()}
+    weights = {name: D.full_tensor(p).detach().cpu().clone() for name, p in params.items()}
+    return {"masks": masks, "codebooks": books, "weights": weights}
+
+
+class Dump(Callback):
+    """Each rank's gathered view at the end of every training epoch; ``kill_at`` ``(epoch, batch)``: SIGKILL
+    both ranks after that batch's optimizer step (a crash mid-epoch)."""
+
+    def __init__(self, root: Path, cbs: dict, kill_at: tuple[int, int] | None = None) -> None:
+        self.root, self.cbs, self.kill_at = root, cbs, kill_at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.kill_at == (trainer.current_epoch, batch_idx):
+            import signal
+
+            torch.distributed.barrier()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        view = compression_view(pl_module, self.cbs)
+        torch.save(view, self.root / f"epoch{trainer.current_epoch}_rank{trainer.global_rank}.pt")
+
+
 def trainer_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
 
@@ -144,6 +198,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--strategy", default="fsdp2", choices=["fsdp2", "ddp", "single"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--compress", default=None, choices=sorted(PRUNE_RULES), help="pruning rule; adds every callback")
+    p.add_argument("--kill-at", default=None, help="E.B: SIGKILL after batch B of epoch E")
     return p.parse_args(argv)
 
 
@@ -151,6 +207,8 @@ def main(argv: list[str]) -> None:
     args = _parse(argv)
     root = Path(args.dir)
     pl.seed_everything(0, workers=True)
+    if args.compress:
+        return compress(args, root)
     probe = Probe()
     ckpt = ModelCheckpoint(dirpath=root / "ckpts", save_last=True)
     trainer = make_trainer(root, args.strategy, [probe, ckpt], max_epochs=args.epochs)
@@ -160,6 +218,22 @@ def main(argv: list[str]) -> None:
     torch.save({"events": probe.events, "post_steps": probe.post_steps, "facts": probe.facts, "loaded": probe.loaded,
                 "view": rank_view(model), "world_size": trainer.world_size},
                root / f"{tag}_rank{trainer.global_rank}.pt")
+
+
+def compress(args: argparse.Namespace, root: Path) -> None:
+    """One fit with every compression callback; dumps the gathered view per epoch and at the end."""
+    cbs = compression_callbacks(root, args.compress, args.epochs)
+    only = os.environ.get("FSDP_FIT_ONLY")
+    if only:
+        cbs = {k: v for k, v in cbs.items() if k in only.split(",")}
+    kill = tuple(int(x) for x in args.kill_at.split(".")) if args.kill_at else None
+    ckpt = ModelCheckpoint(dirpath=root / "ckpts", save_last=True, save_top_k=-1)
+    trainer = make_trainer(root, args.strategy, [*cbs.values(), ckpt, Dump(root, cbs, kill)], max_epochs=args.epochs)
+    model = ShardedNet()
+    trainer.fit(model, DataLoader(dataset(), batch_size=BATCH), ckpt_path="last" if args.resume else None)
+    view = compression_view(model, cbs)
+    torch.save({**view, "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size},
+               root / f"final_rank{trainer.global_rank}.pt")
 
 
 def run(dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
