@@ -89,6 +89,12 @@ def _whole_checks(mesh) -> dict:
     dt = distribute_tensor(full, mesh, [Shard(0)])
     mask = D.on_whole(lambda w, m: magnitude_mask(w, 0.5, m), dt, D.shard_like(old, dt))
     parts = D.Parts(dt)
+    two = D.Parts([dt, distribute_tensor(_full((5, 3)), mesh, [Shard(0)])])
+    try:
+        D.Parts([dt, full])
+        mixed = "accepted"
+    except ValueError as err:
+        mixed = str(err)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3))
     reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -100,7 +106,8 @@ def _whole_checks(mesh) -> dict:
     kept = list(held.values())
     return {"mask": mask, "expected": D.shard_like(magnitude_mask(full, 0.5, old), dt),
             "count": parts.count(int(mask.sum())), "sum": parts.sum(mask.sum().reshape(1)),
-            "before": parts.before(mask.numel()), "streamed_equal": streamed.keys() == reference.keys()
+            "before": parts.before(mask.numel()), "before2": two.before(3 * D.local_tensor(two.likes[1]).shape[0], 1),
+            "mixed": mixed, "streamed_equal": streamed.keys() == reference.keys()
             and all(torch.equal(streamed[k], reference[k]) for k in reference),
             "peak_streamed": gathered.peak_live, "peak_held": held.peak_live, "held": len(kept)}
 
@@ -161,6 +168,8 @@ def test_whole_layer_rules_and_sums_over_parts(ranks):
         assert torch.equal(w["mask"], w["expected"])  # each rank's part of the one-process mask
         assert w["count"] == int(want.sum()) and int(w["sum"]) == int(want.sum())
         assert w["before"] == (0 if rank == 0 else 17 * 16)
+        assert w["before2"] == (0 if rank == 0 else 9)  # 5 rows of 3: 3 + 2 rows
+        assert "shard all of them" in w["mixed"]
 
 
 def test_gathered_state_dict_holds_one_layer_at_a_time(ranks):
@@ -182,8 +191,8 @@ def test_single_process_is_a_no_op():
     x = torch.ones(2)
     assert D.all_reduce_sum(x) is x and torch.equal(x, torch.ones(2)) and D.broadcast_(x) is x
     assert torch.equal(D.on_whole(lambda w: w > 0, t), t > 0)
-    parts = D.Parts(t)
-    assert parts.count(7) == 7 and parts.before(7) == 0 and parts.sum(x) is x
+    parts = D.Parts([t, t])
+    assert parts.count(7) == 7 and parts.before(7, 1) == 0 and parts.sum(x) is x and not parts.sharded
     assert dict(D.GatheredStateDict({"a": t})) == {"a": t}
     with pytest.raises(ValueError, match="full tensor shaped"):
         D.shard_like(torch.zeros(4, 3), t)

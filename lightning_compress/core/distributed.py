@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -213,25 +213,33 @@ def on_whole(fn: Callable[..., torch.Tensor], param: torch.Tensor, *parts: torch
 
 
 class Parts:
-    """Sums over the parts of tensors split like ``like`` (a layer, or every layer of one FSDP2 mesh).
+    """Sums over the parts of tensors split across ranks: one layer, or every layer of one FSDP2 mesh.
 
-    Identity when ``like`` is not sharded: the mask rules take one, so the same code counts a whole tensor
-    on one process and the parts of it on many.
+    ``Parts(param)`` or ``Parts([p1, p2, ...])``. Identity when nothing is sharded (single process, DDP: every
+    rank holds whole tensors), so a mask or codebook rule written with it counts a whole tensor on one process
+    and the parts of it on many, with the same code. All sharded tensors given must share one mesh; a mix of
+    sharded and whole tensors is refused (a whole tensor's counts would be summed once per rank).
     """
 
-    def __init__(self, like: torch.Tensor | None = None) -> None:
-        self.like = like if like is not None and is_sharded(like) else None
+    def __init__(self, like: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+        likes = [] if like is None else [like] if isinstance(like, torch.Tensor) else list(like)
+        sharded = [is_sharded(t) for t in likes]
+        if any(sharded) and not all(sharded):
+            raise ValueError("some tensors are sharded and some are whole on every rank: shard all of them "
+                             "(fully_shard the modules that hold them) or none")
+        self.likes = likes if any(sharded) else []
+        self.sharded = bool(self.likes)
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.like is None else shard_sum(x, self.like)
+        """``x`` summed over the ranks (in place); ``x`` itself when nothing is sharded."""
+        return shard_sum(x, self.likes[0]) if self.sharded else x
 
     def count(self, n: int) -> int:
-        return int(n) if self.like is None else shard_count(n, self.like)
+        return shard_count(n, self.likes[0]) if self.sharded else int(n)
 
-    def before(self, n: int, like: torch.Tensor | None = None) -> int:
-        """Sum of ``n`` over the parts before this rank's of ``like`` (default: the tensor given at creation)."""
-        target = like if like is not None else self.like
-        return 0 if self.like is None or target is None else shard_prefix(n, target)
+    def before(self, n: int, i: int = 0) -> int:
+        """Sum of ``n`` over the ranks whose parts of the ``i``-th tensor precede this rank's in flat order."""
+        return shard_prefix(n, self.likes[i]) if self.sharded else 0
 
 
 class GatheredStateDict(Mapping):
