@@ -29,6 +29,18 @@ _USE_FSDP2 = ("use ModelParallelStrategy(data_parallel_size=N, tensor_parallel_s
               "or strategy='ddp'")
 
 
+#: What to do instead, for the callbacks that cannot run under FSDP2 at all.
+_FSDP2_INSTEAD = {
+    "LowRankFactorization": (
+        "it replaces modules, while FSDP2 fixes the module tree and each parameter's shards in configure_model. "
+        "Mid-fit: use strategy='ddp'. Post-hoc: write the trained weights with ExportCompressed (it gathers "
+        "one layer at a time) or a checkpoint, load them into the plain model in one process "
+        "(lightning_compress.load_compressed(path, Model())) and factorize there, e.g. with a one-process "
+        "Trainer and LowRankFactorization(), then fine-tune the factors under either strategy"
+    ),
+}
+
+
 def partitioned_strategy(strategy: Any) -> bool:
     """FSDP1 or DeepSpeed ZeRO-3: parameters partitioned without a per-tensor (``DTensor``) view."""
     if isinstance(strategy, FSDPStrategy):
@@ -71,11 +83,10 @@ def refuse_sharded_strategy(trainer: Any, owner: str, *, sharded_ok: bool = Fals
     if not fsdp2_strategy(strategy):
         return
     if not sharded_ok:
-        raise CompressionConfigError(
-            f"{owner} does not support {name}: it shards every parameter across ranks, and {owner} needs the "
-            f"whole of each layer, which it does not gather. Use strategy='ddp' (each rank holds the full "
-            "parameters)."
-        )
+        why = _FSDP2_INSTEAD.get(owner, f"it shards every parameter across ranks, and {owner} needs the whole of "
+                                        "each layer, which it does not gather. Use strategy='ddp' (each rank holds "
+                                        "the full parameters)")
+        raise CompressionConfigError(f"{owner} does not support {name}: {why}.")
     tp = _tensor_parallel_size(strategy)
     if tp != 1:
         raise CompressionConfigError(
