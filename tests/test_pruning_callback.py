@@ -487,3 +487,33 @@ def test_one_shot_needs_no_end_epoch_without_max_epochs():
     cb = GradualMagnitudePruning(0.5, schedule="constant")
     trainer([cb], max_epochs=-1, max_steps=4).fit(net, loader())
     check_final(cb, net, 0.5)
+
+
+def test_steps_that_provably_keep_zeros_skip_remasking_and_a_breach_is_caught():
+    """SGD with momentum keeps masked-gradient weights at +0.0 once their momentum is zeroed: no re-masking.
+    A hook that writes gradients after the masking breaks that: the epoch-end check catches and repairs it."""
+    pl.seed_everything(0)
+    net = model(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)
+    cb = GradualMagnitudePruning(0.8, start_epoch=0, schedule="constant")
+    skipped = []
+    decide = cb._step_kept_zeros
+    cb._step_kept_zeros = lambda optimizer: skipped.append(decide(optimizer)) or skipped[-1]
+    probe = ZeroProbe(cb)
+    trainer([cb, probe], max_epochs=2).fit(net, loader())
+    check_final(cb, net, 0.8)
+    assert probe.after_step_checks == 3 * 2 * N_BATCHES  # exact +0.0 after every step...
+    assert len(skipped) == 2 * N_BATCHES and all(skipped)  # ...without re-masking a single one
+
+    class Noise(Callback):  # after the pruning callback: pruned gradients become non-zero again
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            for p in pl_module.parameters():
+                if p.grad is not None:
+                    p.grad.add_(1e-3)
+
+    pl.seed_everything(0)
+    net = model(optimizer="sgd", lr=0.1, momentum=0.9)
+    cb = GradualMagnitudePruning(0.8, start_epoch=0, schedule="constant")
+    with pytest.warns(UserWarning, match="held non-zero weights at the epoch end"):
+        trainer([cb, Noise()], max_epochs=3).fit(net, loader())
+    assert not cb._skip_proven_steps
+    check_final(cb, net, 0.8)  # repaired at the first epoch end, re-masked after every step since

@@ -46,7 +46,7 @@ from lightning_compress.callbacks import _pruning_args as args
 from lightning_compress.callbacks._claims import Claim
 from lightning_compress.callbacks._conflicts import check_compression_callbacks
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
-from lightning_compress.callbacks._plumbing import DeferredState, StepHook
+from lightning_compress.callbacks._plumbing import DeferredState, StepHook, unwrap_optimizer
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.core import masks as mask_ops
 from lightning_compress.core.mask_rules import choose_rule
@@ -61,6 +61,10 @@ DEFAULT_RAMP_FRACTION = 0.75
 #: Schedule names that prune once, at ``start_epoch``: they need no end.
 ONE_SHOT_NAMES = ("constant", "one_shot", "oneshot")
 _EPS = 1e-9
+#: Optimizers whose update leaves a weight at exactly +0.0 when its gradient and its state entries are zero
+#: (SGD with momentum/Nesterov/weight decay, Adam, AdamW while lr * weight_decay < 1). With those, once the
+#: state of the pruned entries is zeroed at a mask update, masking the gradients is all a step needs.
+_ZERO_KEEPING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
 class GradualMagnitudePruning(Callback):
@@ -141,6 +145,9 @@ class GradualMagnitudePruning(Callback):
         self._levels: dict[str, float] = {}  # the levels of the last mask update (saved: a changed target shows)
         self._held: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # (param, uint8 mask) of pruned layers
         self._held_by_optimizer: dict[int, list[tuple[torch.nn.Parameter, torch.Tensor]]] = {}
+        self._state_zeroed: set[int] = set()  # optimizers whose state holds zeros at every pruned entry
+        self._grads_masked: set[int] = set()  # optimizers whose gradients were masked before this step
+        self._skip_proven_steps = True  # off for the rest of the fit once a check finds a moved pruned weight
         self._shown_sparsity: float | None = None
         self._unfinished: tuple[str, ...] = ()
         self._deferred = DeferredState()
@@ -214,6 +221,7 @@ class GradualMagnitudePruning(Callback):
             fail(_OWNER, "an epoch-based schedule needs a sized train dataloader; "
                          "pass a step-based schedule (unit='step') instead")
         self._apply_all()
+        self._zero_pruned_state(trainer.optimizers)
         self._step_hook.attach_all(trainer.optimizers)
         owned = {id(p) for o in trainer.optimizers for g in o.param_groups for p in g["params"]}
         orphans = [t.name for t in self.targets if id(t.param) not in owned]
@@ -227,6 +235,7 @@ class GradualMagnitudePruning(Callback):
         point = self.schedule.update_point(self.progress(trainer, batch_idx))
         if point is not None and point != self.last_point:
             self.update_masks(point)
+            self._zero_pruned_state(trainer.optimizers)
             self.last_point = point
             self._log(trainer)
 
@@ -236,6 +245,7 @@ class GradualMagnitudePruning(Callback):
         for param, mask in self._held:
             if param.grad is not None:
                 param.grad.mul_(mask)
+        self._grads_masked.add(id(unwrap_optimizer(optimizer)))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -245,7 +255,12 @@ class GradualMagnitudePruning(Callback):
             self._shown_sparsity = self.sparsity
 
     @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_zeros_held()
+
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_zeros_held()
         self._note_unfinished(trainer)  # before every on_fit_end, so ExportCompressed sees it in describe()
 
     @override
@@ -379,7 +394,7 @@ class GradualMagnitudePruning(Callback):
     def update_masks(self, point: float) -> None:
         """Recompute masks for the schedule's target at ``point`` and zero the newly pruned weights."""
         for t in self.targets:  # NaN has no magnitude: a diverged layer must not be pruned as if it were fine
-            if not bool(torch.isfinite(t.param).all()):
+            if t.param.numel() and not all(math.isfinite(v) for v in map(float, torch.aminmax(t.param.detach()))):
                 bad = int((~torch.isfinite(t.param)).sum())
                 raise FloatingPointError(f"{_OWNER}: layer {t.name} has {bad} non-finite weights (NaN/inf) at the "
                                          f"mask update at {self.schedule.unit} {point:g}; training diverged before "
@@ -399,13 +414,57 @@ class GradualMagnitudePruning(Callback):
         self._held = []
         for t in self.targets:
             mask = self.masks[t.name]
-            if not bool(mask.all()):
-                mask_ops.apply_mask_(t.param, mask)
+            if int(torch.count_nonzero(mask)) < mask.numel():
                 self._held.append((t.param, mask.view(torch.uint8)))
-        self._held_by_optimizer = {}
+                mask_ops.apply_mask_(t.param, mask, self._held[-1][1])
+        self._held_by_optimizer, self._state_zeroed = {}, set()
+
+    def _zero_pruned_state(self, optimizers: Sequence[Any]) -> None:
+        """Zero the optimizer state (momentum, Adam moments) of pruned entries, once per mask change.
+
+        Stale momentum is what would move a pruned weight; without it, an optimizer of ``_ZERO_KEEPING`` keeps
+        pruned weights at +0.0 by itself, and the per-step re-masking can be skipped (see ``_reapply_masks``).
+        """
+        for optimizer in map(unwrap_optimizer, optimizers):
+            with torch.no_grad():
+                for param, mask in self._held:
+                    for value in optimizer.state.get(param, {}).values():
+                        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                            value.mul_(mask)
+            self._state_zeroed.add(id(optimizer))
+
+    def _step_kept_zeros(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether this step provably left every pruned weight at +0.0 (so re-masking would change nothing)."""
+        masked = id(optimizer) in self._grads_masked
+        self._grads_masked.discard(id(optimizer))
+        if not masked or not self._skip_proven_steps or type(optimizer) not in _ZERO_KEEPING or id(optimizer) not in self._state_zeroed:
+            return False
+        if type(optimizer) is torch.optim.AdamW:  # decoupled decay multiplies by 1 - lr * wd: keep it positive
+            return all(float(g["lr"]) * float(g["weight_decay"]) < 1 for g in optimizer.param_groups)
+        return True
+
+    def _check_zeros_held(self) -> None:
+        """Once per epoch: a pruned weight that moved (something changed gradients after this callback masked
+        them) is zeroed again, said once, and every later step is re-masked."""
+        moved = [p for p, m in self._held if bool(torch.logical_and(p.detach() != 0, m == 0).any())]
+        if moved and self._skip_proven_steps:
+            rank_zero_warn(f"{_OWNER}: {len(moved)} pruned tensors held non-zero weights at the epoch end (a hook "
+                           "changed gradients after this callback masked them?); zeroed again, and re-masked "
+                           "after every step from now on")
+            self._skip_proven_steps = False
+        if moved:
+            self._apply_all()
 
     def _reapply_masks(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        """After every optimizer step: momentum, weight decay or Adam moments may have moved pruned weights."""
+        """After every optimizer step: momentum, weight decay or Adam moments may have moved pruned weights.
+
+        Skipped when the step provably kept them at +0.0: the gradients were masked before it (Lightning's
+        ``on_before_optimizer_step``, also under manual optimization through ``self.optimizers()``), the
+        optimizer is one of ``_ZERO_KEEPING`` and its state of pruned entries was zeroed at the mask update.
+        A step that bypasses Lightning (a raw optimizer) or any other optimizer is re-masked.
+        """
+        if self._step_kept_zeros(optimizer):
+            return
         held = self._held_by_optimizer.get(id(optimizer))
         if held is None:
             owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -418,7 +477,7 @@ class GradualMagnitudePruning(Callback):
     def _achieved(self) -> tuple[float, dict[str, float]]:
         per_layer, zeros, total = {}, 0, 0
         for t in self.targets:
-            z = int((t.param.detach() == 0).sum())
+            z = t.param.numel() - int(torch.count_nonzero(t.param.detach()))
             per_layer[t.name] = z / t.param.numel()
             zeros, total = zeros + z, total + t.param.numel()
         return (zeros / total if total else 0.0), per_layer

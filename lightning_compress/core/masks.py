@@ -89,6 +89,8 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, mask: torch.Tensor | N
 #: Entries per chunk of the global threshold's passes: its scratch memory is a few of these, never a layer.
 _CHUNK = 1 << 20
 _TOP_BINS, _LOW_BINS = 1 << 15, 1 << 16
+#: Top 16 bits of +inf's pattern: that bin and those above hold only +inf and NaN.
+_INF_TOP = 0x7F80
 
 
 def _abs_bit_chunks(weight: torch.Tensor, mask: torch.Tensor):
@@ -109,20 +111,24 @@ def _count(hist: torch.Tensor, values: torch.Tensor, bins: int) -> None:
     hist += torch.bincount(values, minlength=bins).to(hist.device)
 
 
-def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], rank: int,
-                    dead: int) -> tuple[int, int]:
-    """Bit pattern of the ``rank``-th smallest (1-based) alive |w| over all layers, and how many alive lie below.
-
-    Two histogram passes over the weights, chunk by chunk: the top 16 bits of every alive pattern (dead
-    entries are counted as pattern 0 and taken out again: ``dead`` of them), then the low 16 bits of those
-    in the bin that holds the rank. Scratch memory is a few chunks, never a copy of a layer or of all weights.
-    """
-    device = weights[0].device
-    top = torch.zeros(_TOP_BINS, dtype=torch.int64, device=device)
+def _top_histogram(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], dead: int) -> torch.Tensor:
+    """Counts of alive entries by the top 16 bits of |w|'s pattern (dead ones counted as 0 and taken out)."""
+    top = torch.zeros(_TOP_BINS, dtype=torch.int64, device=weights[0].device)
     for w, m in zip(weights, masks):
         for _, bits, alive in _abs_bit_chunks(w, m):
             _count(top, bits.mul_(alive).bitwise_right_shift_(16), _TOP_BINS)
     top[0] -= dead
+    return top
+
+
+def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], rank: int,
+                    top: torch.Tensor) -> tuple[int, int]:
+    """Bit pattern of the ``rank``-th smallest (1-based) alive |w| over all layers, and how many alive lie below.
+
+    ``top`` (:func:`_top_histogram`) says which top-16-bit bin holds the rank; one more pass histograms the low
+    16 bits of the alive entries in that bin. Scratch memory is a few chunks, never a copy of the weights.
+    """
+    device = top.device
     cum = torch.cumsum(top, 0)
     prefix = int(torch.searchsorted(cum, torch.tensor(rank, device=device)))  # first bin with cum >= rank
     below = int(cum[prefix - 1]) if prefix else 0
@@ -153,15 +159,16 @@ def global_magnitude_masks(
     """
     masks = [_check_mask(w, m) for w, m in zip(weights, masks or [None] * len(weights))]
     total = sum(w.numel() for w in weights)
-    alive = sum(int(m.sum()) for m in masks)
+    alive = sum(int(torch.count_nonzero(m)) for m in masks)
     need = num_to_prune(total, sparsity) - (total - alive)
     if need <= 0:
         return [m.clone() for m in masks]
-    if any(w.is_floating_point() and bool(torch.isnan(w).any()) for w in weights):
-        need = min(need, _alive_finite(weights, masks))  # NaN weights are never pruned
+    top = _top_histogram(weights, masks, total - alive)
+    if int(top[_INF_TOP:].sum()):  # +inf or NaN somewhere: NaN weights are never pruned
+        need = min(need, _alive_finite(weights, masks))
         if need <= 0:
             return [m.clone() for m in masks]
-    value, below = _kth_alive_bits(weights, masks, need, total - alive)
+    value, below = _kth_alive_bits(weights, masks, need, top)
     ties = need - below  # alive entries equal to the threshold that go too, in layer then flat order
     out = []
     for w, m in zip(weights, masks):
@@ -222,14 +229,20 @@ def threshold_mask(weight: torch.Tensor, q: float, mask: torch.Tensor | None = N
     return mask & (w.abs() >= threshold)
 
 
-def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def apply_mask_(weight: torch.Tensor, mask: torch.Tensor, as_uint8: torch.Tensor | None = None) -> torch.Tensor:
     """Zero pruned entries in place: exact +0.0 whatever the dtype.
 
-    ``masked_fill_`` rather than ``mul_``: a negative weight times 0 is -0.0, a different bit pattern,
-    which would make an exported file's round trip differ from the trained tensor.
+    Never leaves ``-0.0`` (a negative weight times 0), a different bit pattern that would make an exported
+    file's round trip differ from the trained tensor: ``masked_fill_``, or, given the mask's ``uint8`` view
+    (faster, no inverted copy of the mask), a multiply followed by ``+ 0.0`` for finite weights.
     """
     with torch.no_grad():
-        weight.masked_fill_(~mask.bool(), 0)
+        finite = as_uint8 is not None and weight.is_floating_point() and weight.numel() > 0 and all(
+            math.isfinite(v) for v in map(float, torch.aminmax(weight.detach())))
+        if finite:
+            weight.mul_(as_uint8).add_(0.0)
+        else:
+            weight.masked_fill_(~mask.bool(), 0)
     return weight
 
 
