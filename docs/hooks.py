@@ -202,8 +202,9 @@ def render_pruning() -> str:
     for path in select("global_pruning_memory"):
         data = load(path)
         out += [f"Memory of one global magnitude threshold (`scope: global`) over {num(data.get('weights'))} weights in "
-                f"{data.get('layers', 'n/a')} layers at sparsity {data.get('sparsity', 'n/a')}: the radix select this "
-                "package uses against concatenating all weights and calling `torch.kthvalue`. "
+                f"{data.get('layers', 'n/a')} layers at sparsity {data.get('sparsity', 'n/a')}: the histogram select "
+                "this package uses, against concatenating all weights and calling `torch.kthvalue`, and the same one-shot "
+                "mask through the callback. "
                 + source(path, data), ""]
         rows = [[f"`{r.get('method', 'n/a')}`", "n/a" if r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:,.0f}",
                  "n/a" if r.get("cpu_s") is None else f"{r['cpu_s']:.3g}",
