@@ -135,6 +135,7 @@ class WeightSharing(Callback):
         self._hook = StepHook(self._after_step)
         self._synced: set[int] = set()  # ids of optimizers whose state is uniform inside every cluster
         self._scan_zeros = True
+        self._pruning_live = False
         self.accuracy_before: float | None = None
         self.accuracy_after: float | None = None
 
@@ -200,6 +201,7 @@ class WeightSharing(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._scan_zeros = True  # zeros written between epochs (by any callback) are absorbed at the next step
+        self._pruning_live = self._pruning_active(trainer, pl_module)
         if self.schedule.unit == "epoch":
             self._cluster_due(trainer, pl_module, trainer.current_epoch)
 
@@ -216,7 +218,7 @@ class WeightSharing(Callback):
             sync_optimizer_state(optimizer, self._layers.values())
             self._synced.add(id(optimizer))
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        scan = self._scan_zeros or self._pruning_active(trainer, pl_module)
+        scan = self._scan_zeros or self._pruning_live
         self._scan_zeros = False
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         with torch.no_grad():
@@ -354,12 +356,12 @@ class WeightSharing(Callback):
                 layer.shared.project(layer.param, projection)
 
     def _pruning_active(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """Whether a pruning callback may still zero weights of a shared layer (then new zeros are looked for
-        at every step; otherwise once per epoch)."""
+        """Whether a pruning callback may still zero weights of a shared layer in this epoch (then new zeros are
+        looked for at every step; otherwise at the first step of each epoch)."""
         for _, claim in claims(trainer, pl_module):
             if claim.kind != "prune" or claim.posthoc:
                 continue
-            now = trainer.current_epoch if claim.unit == "epoch" else trainer.global_step
+            now = trainer.current_epoch if claim.unit == "epoch" else trainer.global_step  # the epoch's start
             if any(name in self._layers and end >= now for name, (_, end) in claim.layers.items()):
                 return True
         return False
