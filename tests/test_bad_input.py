@@ -288,7 +288,7 @@ CASES = [
     Case("P11", "malformed N:M structure", _g(structure="4:2"), ValueError, "structure must look like 'N:M'", "init"),
     Case("P12", "criterion='std' without sensitivity", _g(criterion="std"), ValueError, "needs sensitivity", "init"),
     Case("P13", "sensitivity without criterion='std'", _g(final_sparsity=0.5, sensitivity=1.0), ValueError, "sensitivity is only used", "init"),
-    Case("P14", "unknown layer type", _g(final_sparsity=0.5, types=["lstm"]), ValueError, "unknown layer type 'lstm'", "init"),
+    Case("P14", "unknown layer type", _g(final_sparsity=0.5, types=["transformer"]), ValueError, "unknown layer type 'transformer'", "init"),
     Case("P15", "exponential schedule to sparsity 1", _g(final_sparsity=1.0, schedule="exponential"), ValueError, "final_sparsity < 1", "init"),
     Case("P16", "missing final_sparsity", _g(), ValueError, "final_sparsity is required", "init"),
     Case("P17", "schedule mapping with a key that is not a number", _g(schedule={"late": 0.5}), ValueError,
