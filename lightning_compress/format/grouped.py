@@ -7,7 +7,7 @@ stores a *local* index into its group's codebook. Payload::
     mode u8 (bit 0: sparse, bit 1: zero is symbol 0 of every codebook, stored in no codebook)
     varint rows_per_group
     [sparse: index_bits u8 | varint entries | relative-index stream]      (as in the layer codec)
-    per group: varint k_g | k_g distinct non-zero bit patterns
+    varint k_g for every group g, then every group's k_g distinct non-zero bit patterns, group after group
     value stream: local codebook index of every entry, fixed width index_bits(max k_g [+1]) or Huffman
 
 Every codebook byte is in the payload, so the file's ratio counts it. The writer uses this codec only where
@@ -88,7 +88,7 @@ def _layout(tensor: torch.Tensor, rows_per_group: int, keep_negative_zero: bool)
                 values=values, sizes=sizes, zero=zero, symbols=symbols, numel=numel, nnz=positions.size)
 
 
-def _write(layout: dict, itemsize: int) -> GroupedEncoding:
+def _write(layout: dict) -> GroupedEncoding:
     out = ByteWriter()
     out.u8((_SPARSE if layout["sparse"] else 0) | (_ZERO if layout["zero"] else 0))
     out.varint(layout["rows_per_group"])
@@ -99,11 +99,9 @@ def _write(layout: dict, itemsize: int) -> GroupedEncoding:
         out.varint(entries)
         counts = np.bincount(layout["idx_symbols"], minlength=1)
         index_info = encode_stream(out, layout["idx_symbols"], layout["ib"], stream_plan(counts, layout["ib"])[1], counts)
-    start = 0
     for k in layout["sizes"].tolist():
         out.varint(k)
-        out.write(layout["values"][start : start + k].tobytes())
-        start += k
+    out.write(layout["values"].tobytes())  # group by group, each group's values sorted
     vbits = index_bits(int(layout["sizes"].max(initial=0)) + int(layout["zero"]), minimum=0)
     counts = np.bincount(layout["symbols"], minlength=1)
     value_info = encode_stream(out, layout["symbols"], vbits, stream_plan(counts, vbits)[1], counts)
@@ -136,7 +134,7 @@ def encode_grouped(tensor: torch.Tensor, rows_per_group: int | str, keep_negativ
     for g in sizes:
         layout = _layout(tensor, g, keep_negative_zero)
         if layout is not None:
-            enc = _write(layout, tensor.element_size())
+            enc = _write(layout)
             if len(enc.payload) < len(best.payload):
                 best = enc
     return best
