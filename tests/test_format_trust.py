@@ -238,3 +238,16 @@ def test_save_path_expands_user(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     report = save_compressed(nn.Linear(3, 2), "~/x.lcz")
     assert report.path == str(tmp_path / "x.lcz") and os.path.exists(tmp_path / "x.lcz")
+
+
+def test_auto_detects_the_fewest_groups_that_fit():
+    from lightning_compress.format.grouped import detect_rows_per_group
+
+    per_row = per_row_codebooks()
+    assert detect_rows_per_group(per_row) == 1
+    books = torch.randn(16, 8)  # 16 groups of 4 rows, 8 values each
+    w = torch.gather(books.repeat_interleave(4, dim=0), 1, torch.randint(0, 8, (64, 100)))
+    assert detect_rows_per_group(w) == 4
+    assert detect_rows_per_group((torch.arange(64.0).reshape(8, 8) % 4) + 1) is None  # every row: the same 4
+    data, report = encode_state_dict({"w": w}, ["w"], groups={"w": "auto"})
+    assert data[4] == 2 and report.layers[0].codec.startswith("dense/16x codebook")

@@ -114,29 +114,52 @@ def _write(layout: dict) -> GroupedEncoding:
     return enc
 
 
-def candidate_group_sizes(rows: int) -> list[int]:
-    """Rows per group tried by ``"auto"``: 1, 2, 4, ... below ``rows`` (``rows`` itself is the layer codec)."""
-    return [1 << i for i in range(max(0, rows - 1).bit_length()) if (1 << i) < rows]
+def detect_rows_per_group(tensor: torch.Tensor, keep_negative_zero: bool = False) -> int | None:
+    """The grouping a tensor shows: the most rows per group (a power of two, so the fewest groups) such that
+    no group holds more distinct non-zero values than the fullest single row; ``None`` when the whole tensor
+    fits that bound (one codebook suffices) or it has no rows to group."""
+    if tensor.dim() < 1 or tensor.shape[0] < 2 or tensor.element_size() > 4 or not supports_grouping(tensor):
+        return None
+    bits = _bit_patterns(tensor, keep_negative_zero).reshape(tensor.shape[0], -1)
+    row, col = np.nonzero(bits)
+    if row.size == 0:
+        return None
+    key = (row.astype(np.int64) << 32) | (bits[row, col].astype(np.int64) & 0xFFFFFFFF)
+    pairs = np.unique(key)  # distinct (row, value)
+    rows_of, values = pairs >> 32, pairs & 0xFFFFFFFF
+    k = int(np.bincount(rows_of).max())
+    if np.unique(values).size <= k:
+        return None
+    best = 1
+    g = 2
+    while g < tensor.shape[0]:
+        per_group = np.unique(((rows_of // g) << 32) | values) >> 32
+        if int(np.bincount(per_group).max()) > k:
+            break
+        best, g = g, g * 2
+    return best
+
+
+def supports_grouping(tensor: torch.Tensor) -> bool:
+    return tensor.dtype.is_floating_point and tensor.element_size() in (2, 4)
 
 
 def encode_grouped(tensor: torch.Tensor, rows_per_group: int | str, keep_negative_zero: bool = False) -> LayerEncoding:
-    """The smallest of the layer codec and grouped codebooks (``rows_per_group`` rows each, or ``"auto"``).
-
-    Returns a :class:`GroupedEncoding` only where grouping is strictly smaller, so nothing grows.
-    """
+    """The smaller of the layer codec and grouped codebooks (``rows_per_group`` rows each, or ``"auto"``:
+    :func:`detect_rows_per_group`). Returns a :class:`GroupedEncoding` only where grouping is strictly
+    smaller, so nothing grows and a tensor without a grouping costs one extra scan."""
     best = encode_layer(tensor, keep_negative_zero=keep_negative_zero)
     if rows_per_group == "auto":
-        sizes = candidate_group_sizes(int(tensor.shape[0])) if tensor.dim() else []
-    elif isinstance(rows_per_group, int) and not isinstance(rows_per_group, bool) and rows_per_group >= 1:
-        sizes = [rows_per_group]
-    else:
+        rows_per_group = detect_rows_per_group(tensor, keep_negative_zero)
+        if rows_per_group is None:
+            return best
+    elif not (isinstance(rows_per_group, int) and not isinstance(rows_per_group, bool) and rows_per_group >= 1):
         raise ValueError(f"groups: rows per group must be a positive int or 'auto', got {rows_per_group!r}")
-    for g in sizes:
-        layout = _layout(tensor, g, keep_negative_zero)
-        if layout is not None:
-            enc = _write(layout)
-            if len(enc.payload) < len(best.payload):
-                best = enc
+    layout = _layout(tensor, rows_per_group, keep_negative_zero)
+    if layout is not None:
+        enc = _write(layout)
+        if len(enc.payload) < len(best.payload):
+            return enc
     return best
 
 
@@ -197,4 +220,4 @@ def _decode(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype) -> t
     return torch.from_numpy(out).view(dtype).reshape(shape)
 
 
-__all__ = ["GroupedEncoding", "candidate_group_sizes", "decode_grouped", "encode_grouped"]
+__all__ = ["GroupedEncoding", "decode_grouped", "detect_rows_per_group", "encode_grouped"]
