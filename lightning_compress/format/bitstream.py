@@ -84,7 +84,7 @@ def pack_codes(codes: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
     if spill.any():
         hi[spill] = codes[spill] >> (end_in_word[spill] - sixty_four)
     out = np.zeros((nbits + 63) // 64 + 1, dtype=np.uint64)
-    first = np.flatnonzero(np.diff(word, prepend=-1))
+    first = np.flatnonzero(np.diff(word, prepend=-1) != 0)
     out[word[first]] = np.add.reduceat(hi, first)
     if spill.any():
         out[word[spill] + 1] |= codes[spill] << (np.uint64(128) - end_in_word[spill])

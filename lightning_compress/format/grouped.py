@@ -65,7 +65,7 @@ def _layout(tensor: torch.Tensor, rows_per_group: int, keep_negative_zero: bool)
     bits = _bit_patterns(tensor, keep_negative_zero)
     numel, cols = bits.size, bits.size // tensor.shape[0]
     groups = math.ceil(tensor.shape[0] / rows_per_group)
-    positions = np.flatnonzero(bits)
+    positions = np.flatnonzero(bits != 0)
     sparse = positions.size < numel
     ib = 0
     if sparse:
