@@ -256,7 +256,7 @@ def run_scale(repeats: int, workdir: str) -> dict:
 
 
 def main_scale(repeats: int) -> None:
-    out = ROOT / "benchmarks" / "results" / "export_scale.json"
+    out = ROOT / "benchmarks" / "results" / "format_throughput.json"  # not export*.json: docs/hooks.py renders those
     with tempfile.TemporaryDirectory() as workdir:
         r = run_scale(repeats, workdir)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),

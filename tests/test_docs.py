@@ -185,6 +185,10 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     written |= {f"compress/final/{m}" for m in ("estimated_ratio", "sparsity", "accuracy")}  # hparams, checked below
     assert events.PluginTagToContent("hparams")
     # a language model adds perplexity (monitor); a tiny TinyGPT fit writes those tags
+    import torch
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
     from lightning_compress.zoo import TinyGPT
 
     tokens = torch.randint(0, 256, (8, 9))

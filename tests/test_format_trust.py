@@ -153,28 +153,51 @@ def test_fast_dev_run_never_writes_or_overwrites_an_export(tmp_path):
     assert path.read_bytes() == b"earlier export"
 
 
-class WithEmbedding(nn.Module):
+class Scale(nn.Module):
+    """A user's own layer type: a 2-D ``weight`` that no default selection knows."""
+
+    def __init__(self, n: int, m: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, m))
+
+
+class WithCustomLayer(nn.Module):
     def __init__(self):
         super().__init__()
-        self.emb = nn.Embedding(50, 16)
+        self.custom = Scale(50, 16)
         self.fc = nn.Linear(16, 4)
 
 
 def test_export_compresses_claimed_and_included_weights_of_any_layer(tmp_path):
     torch.manual_seed(0)
-    m = WithEmbedding()
+    m = WithCustomLayer()
     with torch.no_grad():
-        m.emb.weight.copy_(torch.where(m.emb.weight.abs() > 1.0, torch.sign(m.emb.weight), 0.0))
+        m.custom.weight.copy_(torch.where(m.custom.weight.abs() > 1.0, torch.sign(m.custom.weight), 0.0))
     default = save_compressed(m, tmp_path / "a.lcz")
-    assert [l.name for l in default.layers] == ["fc.weight"]  # today's default types
-    claimed = save_compressed(m, tmp_path / "b.lcz", also=["emb.weight"])
-    included = save_compressed(m, tmp_path / "c.lcz", include=["emb", "fc"])
+    assert [l.name for l in default.layers] == ["fc.weight"]  # the default selection: known layer types
+    claimed = save_compressed(m, tmp_path / "b.lcz", also=["custom.weight"])
+    included = save_compressed(m, tmp_path / "c.lcz", include=["custom", "fc"])
     for report in (claimed, included):
-        assert [l.name for l in report.layers] == ["emb.weight", "fc.weight"]
+        assert [l.name for l in report.layers] == ["custom.weight", "fc.weight"]
         assert report.file_bytes < default.file_bytes
-    fresh = WithEmbedding()
+    fresh = WithCustomLayer()
     load_compressed(tmp_path / "b.lcz", fresh)
-    assert torch.equal(fresh.emb.weight, m.emb.weight)
+    assert torch.equal(fresh.custom.weight, m.custom.weight)
+
+
+def test_default_selection_follows_the_callbacks_targets():
+    """An Embedding is compressed by default exactly when ``find_targets`` selects it (the same code)."""
+    from lightning_compress.core.targets import find_targets
+
+    m = nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 2))
+    report = save_compressed(m, _tmp_file())
+    assert [l.name for l in report.layers] == [t.name for t in find_targets(m)]
+
+
+def _tmp_file() -> str:
+    import tempfile
+
+    return os.path.join(tempfile.mkdtemp(), "m.lcz")
 
 
 def test_cli_exports_a_checkpoint_written_after_midfit_factorization(tmp_path, capsys):
