@@ -25,7 +25,7 @@ from lightning_compress.core.bits import MAX_INDEX_BITS, index_bits
 from lightning_compress.format.bitstream import BitstreamError, ByteReader, ByteWriter
 from lightning_compress.format.errors import CompressedFileError, CorruptedFileError
 from lightning_compress.format.layer import _BITS_VIEW, LayerEncoding, _bit_patterns, _gap_histogram
-from lightning_compress.format.layer import _gap_symbol_counts, _relative_indices, encode_layer
+from lightning_compress.format.layer import _gap_symbol_counts, _relative_indices, encode_layer, zeroed
 from lightning_compress.format.raw import ITEM_SIZES
 from lightning_compress.format.streams import StreamInfo, decode_stream, encode_stream, stream_plan
 
@@ -215,7 +215,7 @@ def _decode(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype) -> t
     group_of = at // (rows_per_group * cols)
     if symbols.size and np.any(symbols >= sizes[group_of] + zero):
         raise CorruptedFileError("codebook index out of range for its group")
-    out = np.zeros(numel, dtype=np_int)
+    out = zeroed(numel, np_int)
     out[at] = table[group_of, symbols]
     return torch.from_numpy(out).view(dtype).reshape(shape)
 

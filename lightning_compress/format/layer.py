@@ -46,6 +46,14 @@ MAX_CODEBOOK = 1 << 16
 _SPARSE, _CODEBOOK = 1, 2  # bits of a layer payload's mode byte
 
 
+def zeroed(n: int, dtype) -> np.ndarray:
+    """``np.zeros`` for a buffer about to be scattered into: ``np.zeros`` (calloc) leaves page faults to the
+    random scatter (4x slower on a 16 MiB layer here); ``empty`` + ``fill`` takes them in order, on huge pages."""
+    out = np.empty(n, dtype=dtype)
+    out.fill(0)
+    return out
+
+
 def supports_layer_codec(tensor: torch.Tensor) -> bool:
     """Floating tensors of 16/32/64-bit elements can use the sparse/codebook codec; others are stored raw."""
     return tensor.dtype.is_floating_point and tensor.element_size() in _BITS_VIEW
@@ -319,7 +327,7 @@ def _decode_layer(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype
     if reader.remaining:
         raise CorruptedFileError(f"{reader.remaining} unexpected bytes after the layer payload")
     if sparse:
-        out = np.zeros(numel, dtype=np_int)
+        out = zeroed(numel, np_int)
         out[positions] = vals
     else:
         out = np.array(vals, dtype=np_int)  # a copy: ``vals`` may view the file's bytes
