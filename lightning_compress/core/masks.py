@@ -56,34 +56,13 @@ def _scores(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().abs().float()
 
 
-def _prune_ties(score: torch.Tensor, alive: torch.Tensor, value: float, count: int) -> torch.Tensor:
-    """Bool mask of the first ``count`` alive entries equal to ``value``, in flat (row-major) order."""
-    out = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
-    if count <= 0:
-        return out
-    flat = torch.nonzero(((score == value) & alive).reshape(-1)).view(-1)
-    out.view(-1)[flat[:count]] = True
-    return out
-
-
 def magnitude_mask(weight: torch.Tensor, sparsity: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Layer-wise magnitude mask with exactly ``round(sparsity * numel)`` pruned entries.
 
-    If the current mask already prunes more than that, it is returned unchanged (never revive).
+    If the current mask already prunes more than that, it is returned unchanged (never revive). The global
+    rule over one layer: the same histogram select (no sort, no copy of the layer), ties in flat order.
     """
-    mask = _check_mask(weight, mask)
-    k = num_to_prune(weight.numel(), sparsity)
-    already = weight.numel() - int(mask.sum())
-    need = k - already
-    if need <= 0:
-        return mask.clone()
-    score = _scores(weight)
-    alive_scores = score[mask]
-    # need-th smallest alive score: everything strictly below goes, ties fill the rest in flat order.
-    value = float(torch.kthvalue(alive_scores, need).values)
-    below = (score < value) & mask
-    prune = below | _prune_ties(score, mask, value, need - int(below.sum()))
-    return mask & ~prune
+    return global_magnitude_masks([weight], sparsity, [_check_mask(weight, mask)])[0]
 
 
 #: Entries per chunk of the global threshold's passes: its scratch memory is a few of these, never a layer.
