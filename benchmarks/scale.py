@@ -235,16 +235,41 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(paths: list[Path]) -> str:
+    """The committed results as one Markdown table (for docs/results.md): a row per phase, a column per size."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    sizes = [(size, run) for run in runs for size in run["sizes"]]
+    header = "| phase | " + " | ".join(f"{s} ({run['sizes'][s]['weights'] / 1e6:.0f}M): CPU s / wall s / peak +MiB"
+                                      for s, run in sizes) + " |"
+    lines = [header, "|---" * (len(sizes) + 1) + "|"]
+    for phase in PHASES:
+        cells = []
+        for size, run in sizes:
+            row = next((r for r in run["rows"] if r["size"] == size and r["phase"] == phase), None)
+            if row is None or "error" in row:
+                cells.append("not run" if row is None else "error")
+            elif phase.startswith("step_"):  # the median step, not the phase (which builds a Trainer)
+                cells.append(f"{row['step_cpu_s']:.3g} / {row['step_wall_s']:.3g} / {row['peak_extra_mib']:.0f}")
+            else:
+                cells.append(f"{row['cpu_s']:.3g} / {row['wall_s']:.3g} / {row['peak_extra_mib']:.0f}")
+        lines.append(f"| `{phase}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the two small sizes q1, q2 (< 60 s)")
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--markdown", nargs="+", type=Path, help="print committed result files as a Markdown table")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child, args.threads)
+        return
+    if args.markdown:
+        print(markdown(args.markdown))
         return
     sizes = args.sizes or (["q1", "q2"] if args.quick else ["100M"])
     rows = []
