@@ -245,7 +245,7 @@ class GradualMagnitudePruning(Callback):
         # before Lightning's gradient clipping: pruned weights take no part in the norm nor in the update
         for param, mask in self._held:
             if param.grad is not None:
-                param.grad.mul_(mask)
+                mask_ops.multiply_by_mask_(param.grad, mask)
         self._grads_masked.add(id(unwrap_optimizer(optimizer)))
 
     @override
@@ -457,7 +457,7 @@ class GradualMagnitudePruning(Callback):
             held = self._held_by_optimizer[id(optimizer)] = [(p, m) for p, m in self._held if id(p) in owned]
         with torch.no_grad():
             for param, mask in held:
-                param.mul_(mask).add_(0.0)  # + 0.0 turns the -0.0 of (negative x 0) into +0.0
+                mask_ops.multiply_by_mask_(param.data, mask, positive_zero=True)  # never -0.0
 
     # ---------------------------------------------------------------- what is logged
     def _achieved(self) -> tuple[float, dict[str, float]]:
