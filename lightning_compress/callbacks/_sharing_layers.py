@@ -49,8 +49,7 @@ class SharedLayer:
 
     def representative_zeroed(self) -> bool:
         """Whether someone zeroed a cluster's representative (cheap: one read per cluster)."""
-        reps = self.shared.representatives()
-        reps = reps[reps >= 0]
+        reps = self.shared.used_representatives()
         return bool(reps.numel()) and bool((self.param.detach().reshape(-1).index_select(0, reps) == 0).any())
 
     def describe(self) -> str:
