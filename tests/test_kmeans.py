@@ -441,9 +441,10 @@ def test_sort_pairs_keeps_each_weight_with_its_value():
 
     x = torch.tensor([3.0, -0.0, 0.0, -2.5, 1.4013e-45, -1.4013e-45, float("inf"), -float("inf"), 7.0])
     w = torch.arange(9, dtype=torch.float32) * 0.5
-    xs, ws = sort_pairs(x, w)
-    assert torch.equal(xs, torch.sort(x)[0])
-    assert sorted(zip(xs.tolist(), ws.tolist())) == sorted(zip(x.tolist(), w.tolist()))
+    for weights in (w, w.double()):  # float32 weights ride in the sort key; others are gathered by position
+        xs, ws = sort_pairs(x, weights)
+        assert torch.equal(xs, torch.sort(x)[0]) and ws.dtype == weights.dtype
+        assert sorted(zip(xs.tolist(), ws.tolist())) == sorted(zip(x.tolist(), weights.tolist()))
 
 
 def assert_lloyd_fixed_point_weighted(x: torch.Tensor, w: torch.Tensor, res, k: int) -> None:

@@ -37,15 +37,19 @@ def sort_pairs(flat: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor,
     code of the value and whose low half holds the weight's bits, then sorted by NumPy's vectorised sort —
     about the cost of sorting the values alone, where an argsort plus gathers costs ~3x.
     """
-    if flat.device.type == "cpu" and flat.dtype == torch.float32 and weights.dtype == torch.float32:
+    if flat.device.type == "cpu" and flat.dtype == torch.float32 and flat.numel() < 2**32:
         u = flat.numpy().view(np.uint32).astype(np.uint64)
         code = np.where(u >> 31, u ^ 0xFFFFFFFF, u | 0x80000000)  # negatives reversed, below positives
-        packed = (code << 32) | weights.numpy().view(np.uint32).astype(np.uint64)
+        fast = weights.dtype == torch.float32
+        # low half: the weight's own bits (no gather needed), or the position (other weight dtypes)
+        low = weights.numpy().view(np.uint32) if fast else np.arange(flat.numel(), dtype=np.uint32)
+        packed = (code << 32) | low.astype(np.uint64)
         packed.sort()
         code = (packed >> 32).astype(np.uint32)
         bits = np.where(code >> 31, code ^ np.uint32(0x80000000), ~code)
-        ws = (packed & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
-        return torch.from_numpy(bits.view(np.float32)), torch.from_numpy(ws)
+        low = (packed & 0xFFFFFFFF).astype(np.uint32)
+        ws = torch.from_numpy(low.view(np.float32)) if fast else weights.reshape(-1)[torch.from_numpy(low.astype(np.int64))]
+        return torch.from_numpy(bits.view(np.float32)), ws
     xs, order = torch.sort(flat)
     return xs, weights.reshape(-1)[order]
 
