@@ -158,10 +158,6 @@ class WeightSharing(Callback):
         """``{layer: SharedWeight}`` of the layers shared so far (live: centroids move during fine-tuning)."""
         return {name: layer.shared for name, layer in self._layers.items()}
 
-    @property
-    def _targets(self) -> list[Target]:  # read by callbacks/_conflicts.check_mixed_units until it reads claims
-        return self.targets
-
     def describe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Claim:
         """What this callback does: cluster each selected layer once (start == end), in epochs or steps."""
         targets = self.targets or find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
@@ -206,7 +202,7 @@ class WeightSharing(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_mixed_units(trainer, self)  # pruning in epochs vs sharing in steps (or the reverse): now comparable
+        check_mixed_units(trainer, pl_module)  # pruning in epochs vs sharing in steps (or the reverse): now comparable
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
