@@ -201,6 +201,7 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     lm_events.Reload()
     written |= {t for t in lm_events.Tags()["scalars"] if t.startswith("compress/")}
     written |= {"compress/final/perplexity"}
+    written |= {"compress/sharing/chosen_bits"}  # WeightSharing(bits="auto") only: test_sharing_callback checks it
 
     pages = "\n".join(p.read_text() for p in (DOCS / "callbacks").glob("*.md"))
     documented = {t for t in re.findall(r"`(compress/[\w./<>]+)`", pages) if not t.endswith(".py")}
