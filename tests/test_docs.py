@@ -227,3 +227,12 @@ def test_cli_commands_in_the_docs_parse(monkeypatch, capsys):
                 sensitivity.main(argv + extra)
         out = capsys.readouterr()
         assert exit_info.value.code in (0, None), f"{prog} {' '.join(argv)}:\n{out.err[-2000:]}"
+
+
+def test_nothing_cites_a_design_file_outside_the_repository():
+    """The docs, code, examples and benchmarks stand alone: they cite papers and the project's own files."""
+    roots = [REPO / "README.md", DOCS, REPO / "lightning_compress", REPO / "examples", REPO / "benchmarks"]
+    files = [r for r in roots if r.is_file()] + [p for r in roots if r.is_dir() for p in r.rglob("*")
+                                                 if p.suffix in (".md", ".py", ".yaml", ".yml")]
+    citing = [str(p.relative_to(REPO)) for p in files if "DESIGN.md" in p.read_text(errors="replace")]
+    assert not citing, f"these files cite DESIGN.md, which is not in the repository: {citing}"
