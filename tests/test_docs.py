@@ -182,8 +182,21 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     tags = events.Tags()
     written = {t.removesuffix("/text_summary") for kind in ("scalars", "histograms", "tensors") for t in tags[kind]}
     written = {t for t in written if t.startswith("compress/")}
-    written |= {f"compress/final/{m}" for m in ("ratio", "sparsity", "accuracy")}  # hparams metrics, checked below
+    written |= {f"compress/final/{m}" for m in ("estimated_ratio", "sparsity", "accuracy")}  # hparams, checked below
     assert events.PluginTagToContent("hparams")
+    # a language model adds perplexity (monitor); a tiny TinyGPT fit writes those tags
+    from lightning_compress.zoo import TinyGPT
+
+    tokens = torch.randint(0, 256, (8, 9))
+    lm_loader = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=8)
+    lm_logger = TensorBoardLogger(tmp_path, name="lm")
+    Trainer(max_epochs=1, logger=lm_logger, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, callbacks=[CompressionMonitor(print_summary=False)]
+            ).fit(TinyGPT(context=8, d_model=16, n_heads=2, n_layers=1), lm_loader, lm_loader)
+    lm_events = EventAccumulator(lm_logger.log_dir, size_guidance={"scalars": 0})
+    lm_events.Reload()
+    written |= {t for t in lm_events.Tags()["scalars"] if t.startswith("compress/")}
+    written |= {"compress/final/perplexity"}
 
     pages = "\n".join(p.read_text() for p in (DOCS / "callbacks").glob("*.md"))
     documented = {t for t in re.findall(r"`(compress/[\w./<>]+)`", pages) if not t.endswith(".py")}

@@ -1,0 +1,60 @@
+"""Which strategies each callback accepts (callbacks/_strategy.py), without launching processes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+from lightning_compress import CompressionConfigError
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy, sharded_strategy
+
+
+def _deepspeed(stage: int) -> DeepSpeedStrategy:
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # the real class; deepspeed itself is not installed
+    strategy.config = {"zero_optimization": {"stage": stage}}
+    return strategy
+
+
+def _trainer(strategy):
+    return SimpleNamespace(strategy=strategy)
+
+
+@pytest.mark.parametrize("strategy", [FSDPStrategy(), _deepspeed(3)], ids=["fsdp1", "zero3"])
+@pytest.mark.parametrize("sharded_ok", [False, True])
+def test_partitioned_strategies_are_refused_pointing_to_model_parallel(strategy, sharded_ok):
+    with pytest.raises(CompressionConfigError, match=rf"GradualMagnitudePruning does not support "
+                                                     rf"{type(strategy).__name__}: .*ModelParallelStrategy\("
+                                                     rf"data_parallel_size=N, tensor_parallel_size=1\).*fully_shard"):
+        refuse_sharded_strategy(_trainer(strategy), "GradualMagnitudePruning", sharded_ok=sharded_ok)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_stages_1_and_2_keep_whole_parameters(stage):
+    assert not sharded_strategy(_deepspeed(stage))
+    refuse_sharded_strategy(_trainer(_deepspeed(stage)), "WeightSharing")
+
+
+def test_fsdp2_accepted_only_by_callbacks_that_gather():
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    refuse_sharded_strategy(_trainer(strategy), "WeightSharing", sharded_ok=True)
+    with pytest.raises(CompressionConfigError, match="WeightSharing does not support ModelParallelStrategy: .*ddp"):
+        refuse_sharded_strategy(_trainer(strategy), "WeightSharing")
+
+
+def test_factorization_refusal_says_what_to_do():
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    with pytest.raises(CompressionConfigError, match=r"LowRankFactorization does not support ModelParallelStrategy: "
+                                                     r"it replaces modules.*Mid-fit: use strategy='ddp'.*Post-hoc: "
+                                                     r".*load_compressed"):
+        refuse_sharded_strategy(_trainer(strategy), "LowRankFactorization")
+
+
+@pytest.mark.parametrize("tp", [2, "auto"])
+def test_tensor_parallelism_refused(tp):
+    strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=tp)
+    if tp == "auto":  # Lightning decides at launch (all local devices go to tensor parallelism): refused as unknown
+        strategy._tensor_parallel_size = "auto"
+    with pytest.raises(CompressionConfigError, match=rf"data-parallel sharding only .*tensor_parallel_size={tp}"):
+        refuse_sharded_strategy(_trainer(strategy), "CompressionMonitor", sharded_ok=True)
