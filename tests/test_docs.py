@@ -174,7 +174,7 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     trainer = tiny_trainer([LowRankFactorization(rank=2, epoch=1, include=["conv", "fc2"]),  # mid-fit: Tucker-2 + SVD
                             GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1, include=["fc1"]),
                             WeightSharing(3, start_epoch=2, include=["fc1"]),
-                            ExportCompressed(tmp_path / "m.lcz", compare_gzip=True),
+                            ExportCompressed(tmp_path / "m.lcz", compare_gzip=True),  # gzip is opt-in
                             CompressionMonitor()], max_epochs=3, logger=logger)
     trainer.fit(TinyNet(), loader, loader)
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
