@@ -173,7 +173,7 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tags")
     trainer = tiny_trainer([LowRankFactorization(rank=2, epoch=1, include=["conv", "fc2"]),  # mid-fit: Tucker-2 + SVD
                             GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1, include=["fc1"]),
-                            WeightSharing(3, start_epoch=2, include=["fc1"]),
+                            WeightSharing("auto", target_bits=3, start_epoch=2, include=["fc1"]),  # + chosen_bits
                             ExportCompressed(tmp_path / "m.lcz", compare_gzip=True),  # gzip is opt-in
                             CompressionMonitor()], max_epochs=3, logger=logger)
     trainer.fit(TinyNet(), loader, loader)
