@@ -191,3 +191,10 @@ def test_callback_help_describes_each_selection_argument(monkeypatch, capsys):
     assert undocumented <= KNOWN_UNDOCUMENTED, f"new arguments without a help text: {undocumented - KNOWN_UNDOCUMENTED}"
     assert KNOWN_UNDOCUMENTED <= undocumented, f"documented now, delete from KNOWN_UNDOCUMENTED: " \
                                                f"{KNOWN_UNDOCUMENTED - undocumented}"
+
+
+def test_the_cli_page_lists_every_registered_model():
+    from lightning_compress.zoo.registry import MODELS
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    assert all(f"`{name}`" in text for name in MODELS), [n for n in MODELS if f"`{n}`" not in text]
