@@ -22,7 +22,9 @@ RESULTS = REPO / "benchmarks" / "results"
 MARKER = re.compile(r"<!-- results:([\w-]+) -->")
 log = logging.getLogger("mkdocs.hooks.results")
 
-# Deep Compression (Han, Mao, Dally 2016) on MNIST, as quoted in DESIGN.md ("Numbers to know").
+# On MNIST: Deep Compression (Han, Mao, Dally, ICLR 2016, arXiv:1510.00149, Tables 1-3: ratios, errors, per-layer
+# kept weights and bits, which repeat Han et al., NeurIPS 2015, arXiv:1506.02626, Table 2) and the best published
+# ratios, soft weight sharing (Ullrich, Meeds, Welling, ICLR 2017, arXiv:1702.04008, Table 1).
 PAPER = {
     "lenet300100": {"label": "LeNet-300-100", "weights": "266K", "dense_error": 1.64, "dc_ratio": 40, "dc_error": 1.58,
                     "dc_steps": "prune 12x, + quantization 32x, + Huffman 40x", "best_ratio": 64, "best_error": 1.94,
@@ -202,8 +204,9 @@ def render_pruning() -> str:
     for path in select("global_pruning_memory"):
         data = load(path)
         out += [f"Memory of one global magnitude threshold (`scope: global`) over {num(data.get('weights'))} weights in "
-                f"{data.get('layers', 'n/a')} layers at sparsity {data.get('sparsity', 'n/a')}: the radix select this "
-                "package uses against concatenating all weights and calling `torch.kthvalue`. "
+                f"{data.get('layers', 'n/a')} layers at sparsity {data.get('sparsity', 'n/a')}: the histogram select "
+                "this package uses, against concatenating all weights and calling `torch.kthvalue`, and the same one-shot "
+                "mask through the callback. "
                 + source(path, data), ""]
         rows = [[f"`{r.get('method', 'n/a')}`", "n/a" if r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:,.0f}",
                  "n/a" if r.get("cpu_s") is None else f"{r['cpu_s']:.3g}",
@@ -294,6 +297,61 @@ def render_factorization_file(path: Path) -> str:
     return "\n".join(out)
 
 
+def render_transformer() -> str:
+    paths = [p for p in select("transformer") if p.stem in ("transformer", "transformer_quick")]
+    if not paths:
+        return missing("transformer.json", "python benchmarks/transformer.py")
+    return "\n".join(render_transformer_file(path) for path in paths)
+
+
+def render_transformer_file(path: Path) -> str:
+    data = load(path)
+    setups = data.get("meta", {}).get("setups", {})
+    sizes = "; ".join(f"{name}: {s.get('epochs')} epochs x {s.get('batches')} batches of {s.get('batch')}, "
+                      f"model {s.get('model')}" for name, s in setups.items())
+    out = [source(path, data) + f" {data.get('meta', {}).get('seeds', 'n/a')} seed(s). Training: {sizes}.", ""]
+    rows = []
+    for s in data.get("summary", {}).values():
+        unit = "perplexity" if s["model"] == "tinygpt" else "accuracy"
+        val = (f"{s['val']:.3f} ± {s['val_sd']:.3f}" if unit == "perplexity" else
+               f"{pct(s['val'])} ± {pct(s['val_sd'])}")
+        test = f"{s['test']:.3f}" if unit == "perplexity" else pct(s["test"])
+        method = s["method"] + (f" ({s['bits']} bits, chosen on validation)" if s["method"] == "both" else "")
+        rows.append([s["model"], method, unit, val, test, ratio(s["file_ratio"], 2), ratio(s["estimated_ratio"], 2),
+                     pct(s["sparsity"], 1)])
+    out += [table(["model", "method", "metric", "validation (mean ± sd)", "test", "file ratio",
+                   "estimated ratio", "sparsity"], rows), ""]
+    timing = data.get("step_time")
+    if timing:
+        out += [f"TinyGPT CPU time per training step (median of {timing['steps_measured']} interleaved steps per "
+                f"kind): dense {1e3 * timing['dense_step_cpu_s']:.1f} ms, pruning + sharing active "
+                f"{1e3 * timing['compressed_step_cpu_s']:.1f} ms: **{timing['overhead']:.3f}x**.", ""]
+    goal_rows = []
+    for name, g in data.get("goals", {}).items():
+        if name == "overhead":
+            goal_rows.append(["TinyGPT step time, pruning + sharing", f"<= {g['goal']:.2f}x", f"{g['measured']:.3f}x",
+                              "yes" if g["met"] else "no"])
+        else:
+            budget = "+5% perplexity" if name == "tinygpt" else "-0.5 pt accuracy"
+            best = (f"{ratio(g['best_ratio_within_budget'], 2)} ({g['best_within_budget']})"
+                    if g.get("best_within_budget") else "none within budget")
+            goal_rows.append([f"{name} file ratio within {budget}", f">= {g['goal_ratio']:.0f}x", best,
+                              "yes" if g["met"] else "no"])
+    if goal_rows:
+        out += [table(["goal", "target", "measured (best within budget)", "met"], goal_rows), ""]
+    structure = data.get("structure", {})
+    if structure:
+        rows = [[name, num(st["dense_bytes"]), num(st["weight_bytes"]), num(st["other_bytes"]),
+                 num(st["tied_alias_copy_bytes"]), ratio(st["max_ratio_if_weights_free"], 1)]
+                for name, st in structure.items()]
+        out += ["Where the bytes are (fresh model): every file stores the non-weight tensors at 32 bits and the "
+                "exporter writes a tied tensor's alias (the LM head) again, raw; the last column is the ratio a file "
+                "would have if every weight matrix cost nothing.", "",
+                table(["model", "dense bytes", "weight matrices", "other tensors (32-bit)", "raw copy of tied tensors",
+                       "ratio ceiling"], rows), ""]
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "paper": render_paper,
     "deep_compression": render_deep_compression,
@@ -301,6 +359,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "pruning": render_pruning,
     "sharing": render_sharing,
     "factorization": render_factorization,
+    "transformer": render_transformer,
 }
 
 

@@ -24,6 +24,7 @@ _LAZY = {
     "CompressionConfigError": "lightning_compress.errors",
     "CompressedFileError": "lightning_compress.format.errors",
     "ArchitectureMismatchError": "lightning_compress.format.errors",
+    "MemoryLimitError": "lightning_compress.format.errors",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

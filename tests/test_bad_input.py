@@ -34,6 +34,7 @@ from lightning_compress.format.errors import (
     TruncatedFileError,
 )
 from lightning_compress.export import load_compressed, save_compressed
+from lightning_compress.schedules import LinearSchedule
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 
@@ -196,6 +197,30 @@ def _lcz(tmp: Path) -> tuple[Path, bytes]:
     return path, path.read_bytes()
 
 
+def _export_under_a_file(tmp):
+    (tmp / "a_file").write_text("x")
+    ExportCompressed(tmp / "a_file" / "m.lcz")
+
+
+def _read_over_limit(tmp):
+    from lightning_compress.export import read_compressed
+
+    path, _ = _lcz(tmp)
+    read_compressed(path, max_bytes=64)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def _unsafe_checkpoint(tmp):
+    from lightning_compress.export_cli import load_checkpoint
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _RunsCode()}}, tmp / "evil.ckpt")
+    load_checkpoint(str(tmp / "evil.ckpt"))
+
+
 def _load_truncated(tmp):
     path, raw = _lcz(tmp)
     path.write_bytes(raw[: len(raw) // 2])
@@ -274,9 +299,9 @@ def _f(**kw):
 
 CASES = [
     # -- GradualMagnitudePruning arguments
-    Case("P01", "final_sparsity above 1", _g(final_sparsity=1.5), ValueError, "final_sparsity must be in [0, 1]", "init"),
-    Case("P02", "per-layer final_sparsity below 0", _g(final_sparsity={"fc1*": -0.1}), ValueError, "final_sparsity must be in [0, 1]", "init"),
-    Case("P03", "final_sparsity given as a string", _g(final_sparsity="0.9"), ValueError, "final_sparsity must be in [0, 1]", "init"),
+    Case("P01", "final_sparsity above 1", _g(final_sparsity=1.5), ValueError, "final_sparsity must be a finite number >= 0 and <= 1", "init"),
+    Case("P02", "per-layer final_sparsity below 0", _g(final_sparsity={"fc1*": -0.1}), ValueError, "final_sparsity['fc1*'] must be a finite number >= 0 and <= 1", "init"),
+    Case("P03", "final_sparsity given as a string", _g(final_sparsity="0.9"), ValueError, "final_sparsity must be a finite number >= 0 and <= 1", "init"),
     Case("P04", "initial_sparsity above final_sparsity", _g(final_sparsity=0.5, initial_sparsity=0.8), ValueError, "below initial_sparsity", "init"),
     Case("P05", "end_epoch before start_epoch", _g(final_sparsity=0.5, start_epoch=3, end_epoch=2), ValueError, "end_epoch (2) must be", "init"),
     Case("P06", "negative start_epoch", _g(final_sparsity=0.5, start_epoch=-1), ValueError, "start_epoch must be", "init"),
@@ -287,9 +312,11 @@ CASES = [
     Case("P11", "malformed N:M structure", _g(structure="4:2"), ValueError, "structure must look like 'N:M'", "init"),
     Case("P12", "criterion='std' without sensitivity", _g(criterion="std"), ValueError, "needs sensitivity", "init"),
     Case("P13", "sensitivity without criterion='std'", _g(final_sparsity=0.5, sensitivity=1.0), ValueError, "sensitivity is only used", "init"),
-    Case("P14", "unknown layer type", _g(final_sparsity=0.5, types=["lstm"]), ValueError, "unknown layer type 'lstm'", "init"),
+    Case("P14", "unknown layer type", _g(final_sparsity=0.5, types=["transformer"]), ValueError, "unknown layer type 'transformer'", "init"),
     Case("P15", "exponential schedule to sparsity 1", _g(final_sparsity=1.0, schedule="exponential"), ValueError, "final_sparsity < 1", "init"),
     Case("P16", "missing final_sparsity", _g(), ValueError, "final_sparsity is required", "init"),
+    Case("P17", "schedule mapping with a key that is not a number", _g(schedule={"late": 0.5}), ValueError,
+         "schedule keys must be numbers (epochs or steps), got 'late'", "init"),
     # -- WeightSharing arguments
     Case("S01", "bits of 0", _w(bits=0), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
     Case("S02", "bits above 16", _w(bits=17), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
@@ -302,6 +329,12 @@ CASES = [
     Case("S09", "max_iter given as a string", _w(bits=4, max_iter="10"), MisconfigurationException, "max_iter must be an int", "init"),
     Case("S10", "negative tol", _w(bits=4, tol=-1.0), MisconfigurationException, "tol must be", "init"),
     Case("S11", "negative layer_interval", _w(bits=4, layer_interval=-1), MisconfigurationException, "layer_interval", "init"),
+    Case("S12", "unknown granularity", _w(bits=4, granularity="row"), MisconfigurationException, "granularity must be one of", "init"),
+    Case("S13", "granularity of 0 channels", _w(bits=4, granularity=0), MisconfigurationException, "granularity must be 'tensor', 'channel' or an int >= 1", "init"),
+    Case("S14", "unknown weighting", _w(bits=4, weighting="hessian"), MisconfigurationException, "weighting must be one of", "init"),
+    Case("S15", "calibration_batches of 0", _w(bits=4, calibration_batches=0), MisconfigurationException, "calibration_batches must be an int >= 1", "init"),
+    Case("S16", "bits='auto' without target_bits", _w(bits="auto"), MisconfigurationException, "target_bits must be a finite number >= 2", "init"),
+    Case("S17", "target_bits without bits='auto'", _w(bits=4, target_bits=3.0), MisconfigurationException, "target_bits=3.0 is used only with bits='auto'", "init"),
     # -- LowRankFactorization / ExportCompressed arguments
     Case("F01", "energy above 1", _f(energy=1.5), MisconfigurationException, "energy", "init"),
     Case("F02", "two rank rules at once", _f(energy=0.9, rank=4), MisconfigurationException, "only one of energy, rank, param_ratio", "init"),
@@ -314,6 +347,9 @@ CASES = [
     Case("E02", "export path is a directory", lambda tmp: ExportCompressed(tmp), ValueError, "is a directory", "init"),
     Case("E03", "export include pattern that matches nothing",
          lambda tmp: fit_raises([ExportCompressed(tmp / "m.lcz", include="fc9*")]), ValueError, "include pattern 'fc9*'", "setup"),
+    Case("E04", "export path under a regular file", _export_under_a_file, ValueError, "is a file, not a folder", "init"),
+    Case("E05", "export path with a NUL character", lambda tmp: ExportCompressed(str(tmp / "m\0.lcz")), ValueError,
+         "contains a NUL character", "init"),
     # -- selection, at setup
     Case("T01", "include pattern that matches nothing",
          lambda tmp: fit_raises([GradualMagnitudePruning(0.5, include="fc9*")]), ValueError, "include pattern 'fc9*'", "setup"),
@@ -380,11 +416,19 @@ CASES = [
     Case("K07", "truncated checkpoint file",
          lambda tmp: (tmp / "cut.ckpt").write_bytes((tmp / "good.ckpt").read_bytes()[:2000]) and resume(tmp / "cut.ckpt"),
          RuntimeError, "failed finding central directory", "load"),
+    Case("K08", "resume after the pruning ramp ended, with a lower final_sparsity (masks only grow)",
+         lambda tmp: fit_raises([GradualMagnitudePruning(0.3, start_epoch=0, end_epoch=1, include="fc1"), callbacks()[1]],
+                                ckpt_path=tmp / "good.ckpt", max_epochs=5, limit_train_batches=2),
+         ValueError, "final_sparsity 0.3 for fc1.weight is below the 0.5 its checkpoint masks already prune", "load"),
     # -- compressed files
     Case("X01", "truncated compressed file", _load_truncated, TruncatedFileError, "the file is truncated", "load"),
     Case("X02", "one flipped byte in a compressed file", _load_flipped, CorruptedFileError, "checksum mismatch", "load"),
     Case("X03", "a torch.save file given to load_compressed", _load_not_lcz, NotCompressedFileError, "not a lightning-compress file", "load"),
     Case("X04", "compressed file of another architecture", _load_other_architecture, ArchitectureMismatchError, "fc1.weight", "load"),
+    Case("X05", "compressed file larger than read_compressed's memory limit", _read_over_limit, ValueError,
+         "more than the limit max_bytes=", "load"),
+    Case("X06", "checkpoint that would run code when unpickled, given to the export tool", _unsafe_checkpoint,
+         ValueError, "would run code from the file", "load"),
     # -- YAML through the CLI parser
     Case("Y01", "unknown schedule name in YAML",
          lambda tmp: _cli(tmp, PRUNING_YAML.format("final_sparsity: 0.5, schedule: cubik")), ValueError, "schedule must be one of", "parse"),
@@ -394,6 +438,8 @@ CASES = [
          lambda tmp: _cli(tmp, PRUNING_YAML.format("final_sparsty: 0.5")), SystemExit, "'final_sparsty' is not accepted", "parse"),
     Case("Y04", "out-of-range bits in YAML",
          lambda tmp: _cli(tmp, SHARING_YAML.format("bits: 20")), ValueError, "bits must be an int >= 1 and <= 16", "parse"),
+    Case("Y05", "schedule mapping with a key that is not a number in YAML",
+         lambda tmp: _cli(tmp, PRUNING_YAML.format("schedule: {late: 0.5}")), ValueError, "schedule keys must be numbers", "parse"),
 ]
 
 
@@ -419,6 +465,9 @@ WARNINGS = [
      "the final sparsity will not be reached"),
     ("W03", "mid-fit factorization at or after max_epochs", lambda: [LowRankFactorization(rank=4, epoch=3)],
      "epoch=3 is not before max_epochs=2"),
+    ("W04", "step-based pruning schedule ending after the fit's last step",
+     lambda: [GradualMagnitudePruning(schedule=LinearSchedule(start=0, end=5, unit="step", final_sparsity=0.5))],
+     "the final sparsity will not be reached"),
 ]
 
 

@@ -124,14 +124,18 @@ class ExportCompressed(Callback):
         if unfinished:
             rank_zero_warn(f"ExportCompressed: exporting an unfinished compression: {'; '.join(unfinished)}")
         if trainer.is_global_zero:
-            self._export(trainer, pl_module, [name for c in described for name in c.layers], unfinished)
+            shared = [name for c in described if c.kind == "share" for name in c.layers]
+            self._export(trainer, pl_module, [name for c in described for name in c.layers], shared, unfinished)
         trainer.strategy.barrier("ExportCompressed.on_fit_end")
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, claimed: list[str], unfinished: list[str]) -> None:
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, claimed: list[str], shared: list[str],
+                unfinished: list[str]) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.report = save_compressed(
+        names = set(pl_module.state_dict())
+        self.report = save_compressed(  # shared layers may hold per-channel / per-group codebooks: detect them
             pl_module, self.path, include=self.include, exclude=self.exclude, also=claimed,
             keep_negative_zero=self.keep_negative_zero, compare_gzip=self.compare_gzip,
+            groups={n: "auto" for n in shared if n in names},
         )
         self.report.unfinished = list(unfinished)
         rank_zero_info(
