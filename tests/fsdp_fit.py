@@ -170,11 +170,14 @@ def compression_view(model: nn.Module, cbs: dict) -> dict:
 
 
 class Dump(Callback):
-    """Each rank's gathered view at the end of every training epoch; ``kill_at`` ``(epoch, batch)``: SIGKILL
+    """Each rank's gathered view at the start of training and the end of every epoch; ``kill_at`` ``(epoch, batch)``: SIGKILL
     both ranks after that batch's optimizer step (a crash mid-epoch)."""
 
     def __init__(self, root: Path, cbs: dict, kill_at: tuple[int, int] | None = None) -> None:
         self.root, self.cbs, self.kill_at = root, cbs, kill_at
+
+    def on_train_start(self, trainer, pl_module):  # what a resumed rank holds before its first step
+        torch.save(compression_view(pl_module, self.cbs), self.root / f"start_rank{trainer.global_rank}.pt")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.kill_at == (trainer.current_epoch, batch_idx):
