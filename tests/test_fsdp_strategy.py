@@ -58,3 +58,18 @@ def test_tensor_parallelism_refused(tp):
         strategy._tensor_parallel_size = "auto"
     with pytest.raises(CompressionConfigError, match=rf"data-parallel sharding only .*tensor_parallel_size={tp}"):
         refuse_sharded_strategy(_trainer(strategy), "CompressionMonitor", sharded_ok=True)
+
+
+def test_deferred_state_armed_applies_late_state_at_once():
+    from lightning_compress.callbacks._plumbing import DeferredState
+
+    seen = []
+    deferred = DeferredState()
+    deferred.hold({"a": 1})  # DDP order: load_state_dict before on_fit_start
+    deferred.arm(seen.append)  # on_fit_start
+    assert seen == [{"a": 1}] and deferred.take() is None
+    deferred.hold({"b": 2})  # ModelParallelStrategy order: load_state_dict after on_fit_start
+    assert seen == [{"a": 1}, {"b": 2}]
+    deferred.disarm()
+    deferred.hold({"c": 3})
+    assert seen == [{"a": 1}, {"b": 2}] and deferred.take() == {"c": 3}
