@@ -1,7 +1,7 @@
 """Run a recipe YAML (or its dense twin) the way ``lightning-compress fit`` would, and measure it.
 
 Shared by ``deep_compression.py``: the benchmark trains exactly what ``examples/configs`` ships, with
-only bookkeeping overrides (where logs and the compressed file go, progress bar off, and in ``--quick``
+only bookkeeping overrides (where logs, checkpoints and the compressed file go, progress bar off, and in ``--quick``
 mode how many batches an epoch has).
 """
 
@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_compress.cli import CompressCLI
 
@@ -70,7 +71,6 @@ def run_recipe(recipe: str, workdir: str, name: str, dense: bool = False, overri
         f"--trainer.default_root_dir={os.path.join(workdir, name)}",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
-        "--trainer.enable_checkpointing=false",
         *overrides,
     ]
     if dense:
@@ -79,6 +79,8 @@ def run_recipe(recipe: str, workdir: str, name: str, dense: bool = False, overri
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     export_cb = None
     for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint):  # the recipe's checkpoints go to the workdir, not the recipe's runs/
+            cb.dirpath = os.path.join(workdir, name, "checkpoints")
         if type(cb).__name__ == "ExportCompressed":
             cb.path = os.path.join(workdir, f"{name}.lcz")
             export_cb = cb

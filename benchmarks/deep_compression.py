@@ -18,29 +18,27 @@ Goal: >= 40x storage compression with test accuracy at most 0.3 points below the
 
 Usage::
 
-    python benchmarks/deep_compression.py --quick     # smoke run: a few batches per epoch, < 2-3 minutes
+    python benchmarks/deep_compression.py --quick     # smoke run: a few batches per epoch, about a minute
     python benchmarks/deep_compression.py             # full run (2 CPU cores: well under an hour)
 
-Writes ``benchmarks/results/deep_compression[_quick].{json,md}`` and ``..._curves.png``/``..._training.png``
+Writes ``benchmarks/results/deep_compression[_quick].{json,md}`` (``--out DIR``: elsewhere) and ``..._curves.png``/``..._training.png``
 (plots need ``pip install lightning-compress[bench]``, i.e. matplotlib).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
+from _common import ROOT, meta, parser, result_path, write_json  # noqa: E402
 from _recipe_run import run_recipe  # noqa: E402
 
 from lightning_compress.core import masks as M  # noqa: E402
@@ -49,8 +47,6 @@ from lightning_compress.core.targets import find_targets, per_target_value  # no
 from lightning_compress.export import load_compressed, save_compressed  # noqa: E402
 from lightning_compress.sensitivity import analyze_sensitivity, top1_accuracy  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 NETS = {
     "lenet300100": ROOT / "examples" / "configs" / "deep_compression_lenet300100_fashion_mnist.yaml",
     "lenet5": ROOT / "examples" / "configs" / "deep_compression_lenet5_fashion_mnist.yaml",
@@ -67,7 +63,7 @@ FULL_CURVES = {
     "sparsities": [0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98],
     "bits": [8, 6, 5, 4, 3, 2],
 }
-QUICK_CURVES = {"sparsities": [0.8, 0.95], "bits": [6, 3]}
+QUICK_CURVES = {"sparsities": [0.9], "bits": [4]}
 SENSITIVITY_SPARSITIES = [0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]
 
 
@@ -132,23 +128,24 @@ def recipe_settings(recipe: str) -> tuple[object, object]:
     return targets, bits
 
 
-def _overrides(quick: bool) -> list[str]:
+def _overrides(quick: bool, seed: int = 0) -> list[str]:
+    seeded = [] if seed == 0 else [f"--seed_everything={seed}"]  # the recipes' own seed is 0
     if not quick:
-        return []
-    return ["--trainer.limit_train_batches=12", "--trainer.limit_val_batches=4",
-            "--data.init_args.test_limit=2000", "--trainer.num_sanity_val_steps=0"]
+        return seeded
+    return [*seeded, "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2",
+            "--data.init_args.test_limit=1000", "--trainer.num_sanity_val_steps=0"]
 
 
 # ---- the two halves of one network (independent: they run in parallel with --jobs 2) -------------------
 
 
-def dense_task(net: str, quick: bool, workdir: str, threads: int, with_sensitivity: bool) -> dict:
+def dense_task(net: str, quick: bool, workdir: str, threads: int, with_sensitivity: bool, seed: int = 0) -> dict:
     """Dense baseline, then what only needs the trained dense model: trade-off curves and sensitivity."""
     torch.set_num_threads(threads)
     recipe = str(NETS[net])
     _, bits = recipe_settings(recipe)
     t0 = time.perf_counter()
-    dense = run_recipe(recipe, workdir, f"{net}_dense", dense=True, overrides=_overrides(quick))
+    dense = run_recipe(recipe, workdir, f"{net}_dense", dense=True, overrides=_overrides(quick, seed))
     print(f"[{net}] dense: test acc {dense.test_acc:.4f} ({dense.fit_seconds:.0f}s fit)", flush=True)
     out = {"test_acc": dense.test_acc, "fit_seconds": dense.fit_seconds, "history": dense.history,
            "epochs": dense.trainer.max_epochs}
@@ -169,12 +166,12 @@ def dense_task(net: str, quick: bool, workdir: str, threads: int, with_sensitivi
     return out
 
 
-def pipeline_task(net: str, quick: bool, workdir: str, threads: int) -> dict:
+def pipeline_task(net: str, quick: bool, workdir: str, threads: int, seed: int = 0) -> dict:
     """The recipe as shipped: fit, test, and the exported file decoded and tested again."""
     torch.set_num_threads(threads)
     recipe = str(NETS[net])
     t0 = time.perf_counter()
-    pipe = run_recipe(recipe, workdir, f"{net}_pipeline", overrides=_overrides(quick))
+    pipe = run_recipe(recipe, workdir, f"{net}_pipeline", overrides=_overrides(quick, seed))
     report = pipe.export
     assert report.file_bytes == os.path.getsize(report.path)
     loader = pipe.datamodule.test_dataloader()
@@ -198,13 +195,13 @@ def pipeline_task(net: str, quick: bool, workdir: str, threads: int) -> dict:
     }
 
 
-def combine(net: str, quick: bool, dense: dict, pipe: dict) -> dict:
+def combine(net: str, quick: bool, dense: dict, pipe: dict, seed: int = 0) -> dict:
     recipe = str(NETS[net])
     targets, bits = recipe_settings(recipe)
     drop = 100 * (dense["test_acc"] - pipe["test_acc"])
     return {
         "recipe": os.path.relpath(recipe, ROOT),
-        "overrides": _overrides(quick),
+        "overrides": _overrides(quick, seed),
         "epochs": pipe["epochs"],
         "train_batches_per_epoch": pipe["train_batches_per_epoch"],
         "recipe_final_sparsity": targets,
@@ -352,14 +349,13 @@ def plots(payload: dict, stem: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 12 batches per epoch, 2,000 test images")
+    ap = parser(__doc__, quick_help="smoke run (about a minute): 6 batches per epoch, 1,000 test images")
     ap.add_argument("--nets", nargs="+", choices=list(NETS), default=list(NETS))
     ap.add_argument("--jobs", type=int, default=2,
                     help="processes (default 2, one per core): dense and pipeline runs are independent")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "bench_deep_compression"),
-                    help="TensorBoard logs and compressed files")
+                    help="TensorBoard logs, checkpoints and compressed files")
     ap.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity analysis")
     ap.add_argument("--name", default=None, help="results file stem (default deep_compression[_quick])")
     ap.add_argument("--from-json", default=None, metavar="PATH",
@@ -373,6 +369,9 @@ def main(argv=None) -> int:
         return 0
     if args.jobs < 1 or args.threads < 1:
         ap.error("--jobs and --threads must be >= 1")
+    if len(args.seeds) != 1:
+        ap.error("--seeds: this benchmark runs one seed per invocation (use --name to keep each seed's files)")
+    seed = args.seeds[0]
     start = time.perf_counter()
     mode = "quick" if args.quick else "full"
     workdir = os.path.join(args.workdir, mode)
@@ -381,44 +380,42 @@ def main(argv=None) -> int:
         "benchmark": "deep_compression",
         "mode": mode,
         "dataset": "Fashion-MNIST (55,000 train / 5,000 validation / 10,000 test)",
-        "host": {"cpus": os.cpu_count(), "jobs": args.jobs, "torch_threads": args.threads, "torch": torch.__version__,
-                 "python": platform.python_version(), "platform": platform.platform()},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"cpus": os.cpu_count(), "jobs": args.jobs, "torch_threads": args.threads},
+        "meta": meta(args),
         "networks": {},
     }
-    stem = RESULTS / (args.name or ("deep_compression_quick" if args.quick else "deep_compression"))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = args.out / args.name if args.name else result_path(args, "deep_compression", suffix="")
+    args.out.mkdir(parents=True, exist_ok=True)
     # Longest first (LeNet-5) so two workers finish together.
     tasks = [(net, kind) for net in sorted(args.nets, key=lambda n: n != "lenet5") for kind in ("pipeline", "dense")]
     results: dict[tuple[str, str], dict] = {}
 
-    def submit(pool, net, kind):
+    def call(run, net, kind):
         if kind == "dense":
-            return pool.submit(dense_task, net, args.quick, workdir, args.threads, not args.no_sensitivity)
-        return pool.submit(pipeline_task, net, args.quick, workdir, args.threads)
+            return run(dense_task, net, args.quick, workdir, args.threads, not args.no_sensitivity, seed)
+        return run(pipeline_task, net, args.quick, workdir, args.threads, seed)
 
     if args.jobs == 1:
         torch.set_num_threads(args.threads)
         for net, kind in tasks:
-            results[(net, kind)] = (dense_task(net, args.quick, workdir, args.threads, not args.no_sensitivity)
-                                    if kind == "dense" else pipeline_task(net, args.quick, workdir, args.threads))
+            results[(net, kind)] = call(lambda f, *a: f(*a), net, kind)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {submit(pool, net, kind): (net, kind) for net, kind in tasks}
+            futures = {call(pool.submit, net, kind): (net, kind) for net, kind in tasks}
             for future, key in futures.items():
                 results[key] = future.result()
     for net in args.nets:
-        payload["networks"][net] = combine(net, args.quick, results[(net, "dense")], results[(net, "pipeline")])
+        payload["networks"][net] = combine(net, args.quick, results[(net, "dense")], results[(net, "pipeline")], seed)
     payload["wall_seconds"] = time.perf_counter() - start
-    Path(f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    write_json(Path(f"{stem}.json"), payload)
     text = markdown(payload)
     Path(f"{stem}.md").write_text(text)
     written = [f"{stem}.json", f"{stem}.md", *plots(payload, stem)]
     print(text)
-    print("wrote " + ", ".join(os.path.relpath(w, ROOT) for w in written))
+    print("wrote " + ", ".join(written))
     return 0
 
 

@@ -9,41 +9,35 @@ Latency: forward passes at batch 1 and batch 256 on CPU (1 thread), factorized a
 reported as the median of factorized / dense time (below 1 = faster), in process CPU time (robust to other
 load on a shared machine) and in wall-clock time.
 
-    python benchmarks/factorization.py --quick     # smoke run, < 2 minutes
+    python benchmarks/factorization.py --quick     # smoke run, well under a minute
     python benchmarks/factorization.py             # full run
 
-Prints a table and writes ``benchmarks/results/factorization[_quick].json``.
+Prints a table and writes ``benchmarks/results/factorization[_quick].json`` (``--out DIR``: elsewhere).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
-import torch
-from torch import nn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lightning_compress import LowRankFactorization
-from lightning_compress.zoo.data import FashionMNISTDataModule
-from lightning_compress.zoo.models import LeNet5, LeNet300100
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json  # noqa: E402
+from torch import nn  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from lightning_compress import LowRankFactorization  # noqa: E402
+from lightning_compress.core.metrics import top1_accuracy  # noqa: E402
+from lightning_compress.zoo.data import FashionMNISTDataModule  # noqa: E402
+from lightning_compress.zoo.models import LeNet5, LeNet300100  # noqa: E402
 
 
 def accuracy(model: nn.Module, loader) -> float:
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += int((model(x).argmax(-1) == y).sum())
-            total += y.numel()
-    return correct / total
+    return top1_accuracy(model.eval(), loader)
 
 
 def n_params(model: nn.Module) -> int:
@@ -92,11 +86,7 @@ def latency_ratio(model: nn.Module, dense: nn.Module, batch: int, shape=(1, 28, 
 
 
 def trainer(max_epochs: int, callbacks=(), limit_train_batches=None) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu", max_epochs=max_epochs, callbacks=list(callbacks), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_train_batches=limit_train_batches, limit_val_batches=0,
-    )
+    return quiet_trainer(max_epochs, callbacks, limit_train_batches=limit_train_batches, limit_val_batches=0)
 
 
 class TestAccAtFactorization(pl.Callback):
@@ -113,7 +103,7 @@ class TestAccAtFactorization(pl.Callback):
 
 
 def run_model(name: str, make, dm, args) -> dict:
-    torch.manual_seed(0)
+    torch.manual_seed(args.seeds[0])
     dense = make()
     t0 = time.perf_counter()
     trainer(args.epochs).fit(dense, datamodule=dm)
@@ -172,19 +162,20 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run on a subset (< 2 minutes)")
+    p = parser(__doc__, quick_help="smoke run on a subset (well under a minute)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     p.add_argument("--models", nargs="+", default=["LeNet300100", "LeNet5"], choices=["LeNet300100", "LeNet5"])
     p.add_argument("--epochs", type=int, default=None, help="dense training epochs (default: 3; quick: 1)")
     p.add_argument("--train-limit", type=int, default=None, help="use only this many training images")
     p.add_argument("--energies", type=float, nargs="+", default=None, help="kept-energy thresholds to sweep")
     args = p.parse_args(argv)
+    if len(args.seeds) != 1:
+        p.error("--seeds: this benchmark runs one seed per invocation")
     overrides = dict(epochs=args.epochs, train_limit=args.train_limit, energies=args.energies)
     torch.set_num_threads(1)
     if args.quick:
-        args.energies, args.epochs, args.repeats = [0.8, 0.95], 1, 5
-        train_limit, test_limit, args.finetune_batches = 4000, 2000, 20
+        args.energies, args.epochs, args.repeats = [0.8, 0.95], 1, 3
+        train_limit, test_limit, args.finetune_batches = 2000, 1000, 10
     else:
         args.energies, args.epochs, args.repeats = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95], 3, 15
         train_limit, test_limit, args.finetune_batches = None, None, None
@@ -195,7 +186,7 @@ def main(argv=None) -> dict:
     if overrides["energies"] is not None:
         args.energies = overrides["energies"]
     args.finetune_lr = 0.01
-    dm = FashionMNISTDataModule(args.data_dir, download=False, batch_size=128, val_size=5000, seed=0,
+    dm = FashionMNISTDataModule(args.data_dir, download=False, batch_size=128, val_size=5000, seed=args.seeds[0],
                                 train_limit=train_limit, test_limit=test_limit, val_limit=1000)
     dm.prepare_data()
     dm.setup("fit")
@@ -204,11 +195,10 @@ def main(argv=None) -> dict:
               "LeNet5": lambda: LeNet5(lr=0.05, lr_scheduler="cosine")}
     t0 = time.perf_counter()
     results = []
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    stem = "factorization"
     if args.models != ["LeNet300100", "LeNet5"]:
-        suffix += "_" + "_".join(m.lower() for m in args.models)
-    path = RESULTS / f"factorization{suffix}.json"
+        stem += "_" + "_".join(m.lower() for m in args.models)
+    path = result_path(args, stem)
     for name in args.models:
         res = run_model(name, makers[name], dm, args)
         print(table(res), flush=True)
@@ -216,17 +206,16 @@ def main(argv=None) -> dict:
         results.append(res)
         out = dict(
             benchmark="factorization", quick=args.quick, complete=len(results) == len(args.models),
-            dataset="Fashion-MNIST", energies=args.energies, train_samples=len(dm.train_dataset),
+            meta=meta(args), dataset="Fashion-MNIST", energies=args.energies, train_samples=len(dm.train_dataset),
             test_samples=len(dm.test_dataset), dense_epochs=args.epochs, finetune_epochs=1,
             finetune_batches=args.finetune_batches, finetune_lr=args.finetune_lr, torch_threads=1,
-            torch=torch.__version__, machine=platform.machine(), processor=platform.processor(),
             seconds=time.perf_counter() - t0, results=results,
             notes="param_ratio = all weights+biases after / before; latency_ratio = median of factorized / dense "
                   "forward time on CPU, 1 thread, timed alternately (latency_ratio_*: process CPU time; wall_latency_ratio_*: "
                   "wall clock, which other processes' load on a shared machine distorts); acc_* on the test split; the dense row's "
                   "acc_finetuned is the dense model after the same extra epoch.",
         )
-        path.write_text(json.dumps(out, indent=2))  # after each model, so a long run keeps what it measured
+        write_json(path, out)  # after each model, so a long run keeps what it measured
     print(f"wrote {path} ({out['seconds']:.0f} s)")
     return out
 

@@ -1,6 +1,7 @@
 """Draw the schedule curves shown in ``docs/schedules.md`` from the real schedule classes.
 
-Run from the repository root (needs matplotlib: ``pip install -e ".[bench]"``)::
+Run from the repository root (needs matplotlib, which the ``docs`` and ``bench`` extras install:
+``pip install -e ".[docs]"``)::
 
     python docs/gen_plots.py
 
@@ -10,9 +11,13 @@ The PNGs in ``docs/img/`` are committed; re-run this after changing a schedule.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.exit('docs/gen_plots.py needs matplotlib: pip install -e ".[docs]" (or ".[bench]")')
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -5,8 +5,9 @@ Three callbacks do the work while it trains:
 
 1. ``GradualMagnitudePruning`` zeroes the smallest weights on a cubic schedule (per-layer targets; the
    last layer, small and sensitive, is pruned less) and keeps them exactly zero;
-2. ``WeightSharing`` clusters each layer's surviving weights into 2^bits shared values once pruning is
-   over, then keeps training the shared values (the centroids);
+2. ``WeightSharing`` clusters each layer's surviving weights into 2^bits - 1 shared non-zero values once
+   pruning is over (a pruned layer gives one of its 2^bits codes to the exact zero; a dense layer gets 2^bits),
+   then keeps training the shared values (the centroids);
 3. ``ExportCompressed`` writes the Deep Compression file at the end of fit and reports its real size.
 
 ``CompressionMonitor`` logs sparsity, bits, size and accuracy to TensorBoard (``tensorboard --logdir runs``).
@@ -86,7 +87,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--sparsity", type=float, default=0.9, help="final sparsity of the hidden layers")
-    ap.add_argument("--bits", type=int, default=5, help="bits per shared weight (2^bits values per layer)")
+    ap.add_argument("--bits", type=int, default=5, help="bits per shared weight (at most 2^bits - 1 non-zero values per pruned layer)")
     ap.add_argument("--out", default="runs/compress_your_model")
     ap.add_argument("--limit-batches", type=int, default=None, help="batches per epoch (smoke tests)")
     args = ap.parse_args(argv)

@@ -5,7 +5,10 @@ Any LightningModule / LightningDataModule works by class path; the zoo's by shor
 under ``trainer.callbacks`` with ``class_path``/``init_args`` in YAML, or on the command line
 (``--trainer.callbacks+=GradualMagnitudePruning --trainer.callbacks.final_sparsity=0.9``).
 
-Importing the package's classes here is what makes their short names resolvable.
+Importing the package's classes here is what makes their short names resolvable: the callbacks' and zoo's
+modules below, and the module of every model in :data:`lightning_compress.zoo.registry.MODELS` (the one list
+of zoo models that ``lightning-compress-export`` and ``lightning-compress-sensitivity`` read too), so a model added
+to the registry is known to every command.
 """
 
 from __future__ import annotations
@@ -28,8 +31,14 @@ _REGISTERED = (
 )
 
 
+def _model_modules() -> list[str]:
+    from lightning_compress.zoo.registry import MODELS
+
+    return [path.partition(":")[0] if ":" in path else path.rpartition(".")[0] for path in MODELS.values()]
+
+
 def _register() -> None:
-    for name in _REGISTERED:
+    for name in dict.fromkeys([*_REGISTERED, *_model_modules()]):
         import_module(name)
 
 

@@ -18,27 +18,36 @@ From Python::
 From the command line (a Lightning checkpoint, a state_dict file or a ``.lcz`` compressed file)::
 
     lightning-compress-sensitivity --model LeNet300100 --data FashionMNISTDataModule \\
-        --ckpt_path runs/dense/last.ckpt --tolerance 0.01 --output sensitivity.json
+        --ckpt_path runs/dense/checkpoints/last.ckpt --tolerance 0.01 --output sensitivity.json
     tensorboard --logdir runs/sensitivity
 
-TensorBoard gets ``compress/sensitivity/accuracy/<layer>`` with the sparsity in per mille as the step
-(900 = 90%), all layers in one chart under the *Custom Scalars* tab, and the table as text.
+Every argument is checked before any weight is loaded or any batch is seen; a bad one stops the command with a
+one-line message naming it. Each invocation writes its own TensorBoard run, ``<log_dir>/version_N``, with
+``compress/sensitivity/accuracy/<layer>`` over the sparsity in per mille as the step (900 = 90%), all layers in one
+chart under the *Custom Scalars* tab, and the table as text. Checkpoints are read with
+``torch.load(weights_only=True)``: a file can hold tensors, never code.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_compress.tags import tag
-from lightning_compress.core import masks as M
+from lightning_compress.core import masks
+from lightning_compress.core.metrics import top1_accuracy
 from lightning_compress.core.targets import find_targets
+from lightning_compress.errors import CompressedFileError
+from lightning_compress.tags import tag
+from lightning_compress.validation import check_choice, check_int, check_number, fail, is_number
 
 #: Sparsities tried by default: coarse where layers rarely care, fine where they start to.
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -46,22 +55,16 @@ DEFAULT_SPARSITIES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
 STEP_SCALE = 1000
 
 
-def top1_accuracy(model: nn.Module, batches: Iterable, max_batches: int | None = None) -> float:
-    """Top-1 accuracy of ``model(x)`` over ``(x, y)`` batches (eval mode, no grad, on the model's device)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    correct = total = 0
-    with torch.no_grad():
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise ValueError("top1_accuracy: batches must be (x, y) pairs; pass evaluate= for other data")
-            x, y = batch[0].to(device), batch[1].to(device)
-            correct += int((model(x).argmax(-1) == y).sum())
-            total += y.numel()
-    if total == 0:
-        raise ValueError("top1_accuracy: the dataloader gave no examples")
-    return correct / total
+OWNER = "lightning-compress-sensitivity"
+
+
+def _accuracy(model: nn.Module, batches: Iterable, max_batches: int | None) -> float:
+    """Top-1 accuracy (:func:`lightning_compress.core.metrics.top1_accuracy`); an error when there is none."""
+    acc = top1_accuracy(model, batches, max_batches)
+    if acc is None:
+        fail("analyze_sensitivity", "the dataloader gave no (x, y) classification batches (logits (B, C), integer "
+                                    "targets); pass evaluate= to measure something else")
+    return acc
 
 
 @dataclass
@@ -83,8 +86,7 @@ class SensitivityResult:
         Requiring every lower sparsity to pass ignores a lucky point past a drop. A layer that already
         fails at the lowest tested sparsity gets 0.0 (leave it dense).
         """
-        if not tolerance >= 0:
-            raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+        check_number("suggest", "tolerance", tolerance, low=0)
         out: dict[str, float] = {}
         for layer, accs in self.curves.items():
             best = 0.0
@@ -136,15 +138,15 @@ class SensitivityResult:
                    {k: [float(a) for a in v] for k, v in data["curves"].items()}, dict(data.get("numel", {})))
 
 
-def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
-    values = [float(s) for s in sparsities]
+def _check_sparsities(sparsities: Sequence[float], owner: str = "analyze_sensitivity") -> list[float]:
+    values = list(sparsities) if isinstance(sparsities, (list, tuple)) else None
     if not values:
-        raise ValueError("sparsities must not be empty")
-    if any(not 0.0 <= s <= 1.0 for s in values):
-        raise ValueError(f"sparsities must be in [0, 1], got {list(sparsities)}")
+        fail(owner, f"sparsities must be a non-empty list of numbers in [0, 1], got {sparsities!r}")
+    if not all(is_number(s) and 0 <= s <= 1 for s in values):
+        fail(owner, f"sparsities must be numbers in [0, 1], got {list(sparsities)}")
     if any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(f"sparsities must be strictly increasing, got {list(sparsities)}")
-    return values
+        fail(owner, f"sparsities must be strictly increasing, got {list(sparsities)}")
+    return [float(s) for s in values]
 
 
 def analyze_sensitivity(
@@ -159,6 +161,7 @@ def analyze_sensitivity(
     types: Sequence[str] | None = None,
     log_dir: str | None = None,
     writer: Any = None,
+    verbose: bool = False,
 ) -> SensitivityResult:
     """Prune each selected layer alone at each of ``sparsities`` and measure the model.
 
@@ -170,37 +173,49 @@ def analyze_sensitivity(
         max_batches: evaluate on the first ``max_batches`` batches only (faster, noisier).
         include, exclude, types: layer selection, as for the callbacks (default: Linear/Conv weights).
         log_dir / writer: write the curves to TensorBoard (a ``SummaryWriter`` or a folder for a new one).
+        verbose: one progress line per layer (``rank_zero_info``), for long sweeps.
     """
     values = _check_sparsities(sparsities)
+    check_int("analyze_sensitivity", "max_batches", max_batches, low=1, allow_none=True)
     if evaluate is None:
         if dataloader is None:
-            raise ValueError("analyze_sensitivity: give a dataloader of (x, y) batches or an evaluate function")
-        evaluate = lambda m: top1_accuracy(m, dataloader, max_batches)  # noqa: E731
+            fail("analyze_sensitivity", "give a dataloader of (x, y) batches or an evaluate function")
+        evaluate = lambda m: _accuracy(m, dataloader, max_batches)  # noqa: E731
     targets = find_targets(model, include, exclude, types, owner="analyze_sensitivity")
     was_training = model.training
     model.eval()
     curves: dict[str, list[float]] = {}
     try:
         baseline = float(evaluate(model))
-        for t in targets:
-            original = t.param.detach().clone()
-            accs = []
-            try:
-                for s in values:
-                    with torch.no_grad():
-                        t.param.copy_(original)
-                        M.apply_mask_(t.param, M.magnitude_mask(original, s))
-                    accs.append(float(evaluate(model)))
-            finally:
-                with torch.no_grad():
-                    t.param.copy_(original)
-            curves[t.name] = accs
+        if verbose:
+            rank_zero_info(f"sensitivity: baseline {baseline:.4f}; {len(targets)} layers x {len(values)} sparsities")
+        for i, t in enumerate(targets):
+            curves[t.name] = _sweep(model, t.param, values, evaluate)
+            if verbose:
+                rank_zero_info(f"sensitivity: [{i + 1}/{len(targets)}] {t.name} ({t.param.numel():,} weights): "
+                               + " ".join(f"{100 * s:g}%={a:.4f}" for s, a in zip(values, curves[t.name])))
     finally:
         model.train(was_training)
     result = SensitivityResult(baseline, values, curves, {t.name: t.param.numel() for t in targets})
     if writer is not None or log_dir is not None:
         log_sensitivity(result, writer=writer, log_dir=log_dir)
     return result
+
+
+def _sweep(model: nn.Module, param: torch.Tensor, values: list[float], evaluate: Callable) -> list[float]:
+    """The metric with ``param`` alone magnitude-pruned to each sparsity; ``param`` restored bit-exactly."""
+    original = param.detach().clone()
+    accs = []
+    try:
+        for s in values:
+            with torch.no_grad():
+                param.copy_(original)
+                masks.apply_mask_(param, masks.magnitude_mask(original, s))
+            accs.append(float(evaluate(model)))
+    finally:
+        with torch.no_grad():
+            param.copy_(original)
+    return accs
 
 
 def log_sensitivity(result: SensitivityResult, writer: Any = None, log_dir: str | None = None,
@@ -232,15 +247,70 @@ def log_sensitivity(result: SensitivityResult, writer: Any = None, log_dir: str 
 
 
 def _load_weights(model: nn.Module, path: str) -> None:
-    """A ``.lcz`` compressed file, a Lightning checkpoint (``state_dict`` key) or a plain state_dict."""
-    if path.endswith(".lcz"):
+    """A ``.lcz`` compressed file, a Lightning checkpoint (``state_dict`` key) or a plain state_dict.
+
+    Never unpickles: ``torch.load(weights_only=True)`` reads tensors and plain containers only.
+    """
+    if os.path.splitext(path)[1].lower() == ".lcz":
         from lightning_compress.export import load_compressed
 
         load_compressed(path, model)
         return
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable or unsafe file ends in one message naming it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fail(OWNER, f"ckpt_path: cannot read {path!r} as a checkpoint of tensors ({first}); a checkpoint that "
+                    "needs more than weights_only=True allows is not loaded: load it yourself if you trust it, "
+                    "and save its state_dict with torch.save")
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
-    model.load_state_dict(state)
+    if not isinstance(state, dict):
+        fail(OWNER, f"ckpt_path: {path!r} holds no state_dict (got {type(state).__name__})")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        fail(OWNER, f"ckpt_path: {path!r} does not fit the model: {str(err).splitlines()[0]}")
+
+
+def _new_run_dir(root: str) -> str:
+    """``root/version_N`` with N one more than the largest there: one TensorBoard run per invocation."""
+    taken = [int(m.group(1)) for name in (os.listdir(root) if os.path.isdir(root) else [])
+             if (m := re.fullmatch(r"version_(\d+)", name))]
+    return os.path.join(root, f"version_{max(taken, default=-1) + 1}")
+
+
+def _check_file_target(name: str, path: str | None) -> None:
+    """``path`` can be written: not a folder, and no regular file where a parent folder must be."""
+    if path is None:
+        return
+    if not isinstance(path, str) or not path or "\0" in path:
+        fail(OWNER, f"{name}: expected a file path, got {path!r}")
+    if os.path.isdir(path):
+        fail(OWNER, f"{name}: {path!r} is a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        fail(OWNER, f"{name}: cannot create {path!r}: {parent!r} is a file")
+
+
+def _check_arguments(model: nn.Module, ckpt_path, fit_epochs, sparsities, tolerance, split, max_batches,
+                     include, exclude, log_dir, output, seed) -> list[float]:
+    """Every argument of :func:`run`, before any weight is loaded or any batch is seen."""
+    if ckpt_path is not None:
+        if not isinstance(ckpt_path, str) or not os.path.isfile(ckpt_path):
+            fail(OWNER, f"ckpt_path: no such file: {ckpt_path!r}")
+    check_int(OWNER, "fit_epochs", fit_epochs, low=0)
+    values = _check_sparsities(sparsities, OWNER)
+    check_number(OWNER, "tolerance", tolerance, low=0, high=1)
+    check_choice(OWNER, "split", split, ("val", "test"))
+    check_int(OWNER, "max_batches", max_batches, low=1, allow_none=True)
+    check_int(OWNER, "seed", seed)
+    if log_dir is not None and (not isinstance(log_dir, str) or os.path.isfile(log_dir)):
+        fail(OWNER, f"log_dir: expected a folder (or null for no TensorBoard run), got {log_dir!r}")
+    _check_file_target("output", output)
+    find_targets(model, include, exclude, owner=OWNER)  # globs that match no layer fail here, not after training
+    return values
 
 
 def run(
@@ -261,7 +331,7 @@ def run(
     """Per-layer pruning sensitivity of a trained model; prints the table and suggested ``final_sparsity``.
 
     Args:
-        model: the LightningModule (short zoo names work: ``LeNet300100``, ``LeNet5``).
+        model: the LightningModule (zoo short names work: ``LeNet300100``, ``LeNet5``).
         data: the LightningDataModule providing ``(x, y)`` batches.
         ckpt_path: trained weights: Lightning ``.ckpt``, a ``state_dict`` file, or a ``.lcz`` compressed file.
         fit_epochs: without ``ckpt_path``, train this many dense epochs first (0: analyse the model as built).
@@ -269,53 +339,78 @@ def run(
         tolerance: largest accepted accuracy drop (absolute, 0.01 = one point) for the suggestion.
         split: ``val`` or ``test`` dataloader to measure on.
         max_batches: only the first batches of that dataloader.
-        include, exclude: layer globs, as for the callbacks.
-        log_dir: TensorBoard folder (``null``: none).
+        include: globs of the layers to analyse, as for the callbacks (default: every Linear/Conv weight).
+        exclude: globs of layers to leave out.
+        log_dir: TensorBoard folder; each run writes a new ``version_N`` subfolder (``null``: none).
         output: JSON file for the curves and the suggestion.
         seed: seed for ``fit_epochs`` training and the data split.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.utilities import rank_zero_warn
 
-    if split not in ("val", "test"):
-        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
-    if fit_epochs < 0:
-        raise ValueError(f"fit_epochs must be >= 0, got {fit_epochs}")
+    values = _check_arguments(model, ckpt_path, fit_epochs, sparsities, tolerance, split, max_batches, include,
+                              exclude, log_dir, output, seed)
     pl.seed_everything(seed)
     if ckpt_path is not None:
         _load_weights(model, ckpt_path)
     elif fit_epochs > 0:
         trainer = pl.Trainer(max_epochs=fit_epochs, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False)
+                             enable_model_summary=False)  # Lightning's progress bar shows the training
         trainer.fit(model, datamodule=data)
     else:
-        rank_zero_warn("lightning-compress-sensitivity: no ckpt_path and fit_epochs=0: analysing untrained weights")
+        rank_zero_warn(f"{OWNER}: no ckpt_path and fit_epochs=0: analysing untrained weights")
     data.setup("fit" if split == "val" else "test")
     loader = data.val_dataloader() if split == "val" else data.test_dataloader()
-    result = analyze_sensitivity(model, loader, sparsities, max_batches=max_batches, include=include,
-                                 exclude=exclude, log_dir=None)
+    result = analyze_sensitivity(model, loader, values, max_batches=max_batches, include=include,
+                                 exclude=exclude, log_dir=None, verbose=True)
     if log_dir:
-        log_sensitivity(result, log_dir=log_dir, tolerance=tolerance)
+        run_dir = _new_run_dir(log_dir)
+        log_sensitivity(result, log_dir=run_dir, tolerance=tolerance)
+        rank_zero_info(f"sensitivity: TensorBoard run {run_dir}")
     suggestion = result.suggest(tolerance)
     print(result.table(tolerance))
     print(f"\nsuggested final_sparsity (accuracy drop <= {tolerance:g} per layer, no retraining; "
           f"keeps {100 * result.kept_fraction(tolerance):.1f}% of the weights):")
     print("final_sparsity: {" + ", ".join(f"{k}: {v:g}" for k, v in suggestion.items()) + "}")
     if output:
-        folder = os.path.dirname(os.path.abspath(output))
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(output, "w") as f:
             json.dump(result.as_dict(tolerance), f, indent=2)
     return result
 
 
+def _resolve_model_names(args: list[str]) -> list[str]:
+    """``--model NAME``: the zoo's short names through the one resolver (``zoo/registry``), as a class path."""
+    from lightning_compress.zoo.registry import resolve_model_class
+
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--model" and i + 1 < len(out):
+            j, spec = i + 1, out[i + 1]
+        elif arg.startswith("--model="):
+            j, spec = i, arg.partition("=")[2]
+        else:
+            continue
+        if spec.startswith(("{", "[")) or spec.endswith((".yaml", ".yml", ".json")):
+            continue  # a mapping with init_args, or a config file: jsonargparse's to read
+        cls = resolve_model_class(spec, argument="--model")
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        out[j] = path if j == i + 1 else f"--model={path}"
+    return out
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Console script ``lightning-compress-sensitivity``."""
+    """Console script ``lightning-compress-sensitivity``: a bad argument or file ends in one line on stderr."""
     from jsonargparse import CLI
 
     import lightning_compress.zoo  # noqa: F401 - makes the zoo's short class names resolvable
 
-    CLI(run, args=args, as_positional=False)
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        CLI(run, args=_resolve_model_names(argv), as_positional=False)
+    except (ValueError, CompressedFileError) as err:  # CompressionConfigError, and core's selection errors
+        print(f"{OWNER}: error: {str(err).removeprefix(OWNER + ': ')}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 __all__ = ["DEFAULT_SPARSITIES", "SensitivityResult", "analyze_sensitivity", "log_sensitivity", "main", "run",

@@ -1,7 +1,8 @@
 """TensorBoard tag names, shared by the callbacks, the monitor and the sensitivity tool (no Lightning here).
 
 Scheme: ``compress/sparsity``, ``compress/sparsity/<layer>``, ``compress/target_sparsity[/<layer>]``,
-``compress/bits/<layer>``, ``compress/ratio``, ``compress/size_bytes``, ``compress/rank/<layer>``, ...
+``compress/bits/<layer>``, ``compress/estimated_ratio`` (the monitor's estimate), ``compress/ratio`` (a written
+file's real ratio), ``compress/perplexity``, ``compress/rank/<layer>``, ...
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Shared test fixtures.
 
 Tests run on 2 CPU cores: keep models tiny and Trainer runs to a few batches.
+
+Hypothesis runs under the deterministic "ci" profile by default (derandomized, fixed example count, no
+example database), so a run's outcome never depends on a random seed or on ``.hypothesis/``. For a longer,
+randomized search run ``HYPOTHESIS_PROFILE=thorough pytest tests/test_kmeans.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(1)
 os.environ.setdefault("PL_DISABLE_FORK", "1")
@@ -45,3 +50,15 @@ def run_script(tmp_path):
         return proc
 
     return _run
+
+
+settings.register_profile("ci", derandomize=True, max_examples=40, database=None, deadline=None, print_blob=True)
+settings.register_profile(
+    "thorough",
+    max_examples=2000,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

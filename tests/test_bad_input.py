@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lightning_compress import GradualMagnitudePruning, LowRankFactorization, WeightSharing
+from lightning_compress import CompressionMonitor, GradualMagnitudePruning, LowRankFactorization, WeightSharing
 from lightning_compress.callbacks.export import ExportCompressed
-from lightning_compress.core.storage import (
+from lightning_compress.format.errors import (
     ArchitectureMismatchError,
     CorruptedFileError,
     NotCompressedFileError,
@@ -258,6 +258,12 @@ def _g(**kw):
     return lambda tmp: GradualMagnitudePruning(**kw)
 
 
+def _lazy_net() -> TinyNet:
+    model = TinyNet()
+    model.fc1 = nn.LazyLinear(model.fc1.out_features)
+    return model
+
+
 def _w(**kw):
     return lambda tmp: WeightSharing(**kw)
 
@@ -285,10 +291,10 @@ CASES = [
     Case("P15", "exponential schedule to sparsity 1", _g(final_sparsity=1.0, schedule="exponential"), ValueError, "final_sparsity < 1", "init"),
     Case("P16", "missing final_sparsity", _g(), ValueError, "final_sparsity is required", "init"),
     # -- WeightSharing arguments
-    Case("S01", "bits of 0", _w(bits=0), MisconfigurationException, "bits must be integers in [1, 16]", "init"),
-    Case("S02", "bits above 16", _w(bits=17), MisconfigurationException, "bits must be integers in [1, 16]", "init"),
-    Case("S03", "fractional bits", _w(bits=4.5), MisconfigurationException, "bits must be integers", "init"),
-    Case("S04", "per-layer bits given as a string", _w(bits={"fc1*": "4"}), MisconfigurationException, "bits must be integers", "init"),
+    Case("S01", "bits of 0", _w(bits=0), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
+    Case("S02", "bits above 16", _w(bits=17), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
+    Case("S03", "fractional bits", _w(bits=4.5), MisconfigurationException, "bits must be an int", "init"),
+    Case("S04", "per-layer bits given as a string", _w(bits={"fc1*": "4"}), MisconfigurationException, "bits['fc1*'] must be an int", "init"),
     Case("S05", "both start_epoch and start_step", _w(bits=4, start_epoch=1, start_step=5), MisconfigurationException, "start_epoch or start_step", "init"),
     Case("S06", "negative start_epoch", _w(bits=4, start_epoch=-1), MisconfigurationException, "start_epoch", "init"),
     Case("S07", "unknown k-means init", _w(bits=4, init="spectral"), MisconfigurationException, "init must be one of", "init"),
@@ -302,6 +308,8 @@ CASES = [
     Case("F03", "rank 0", _f(rank=0), MisconfigurationException, "rank", "init"),
     Case("F04", "param_ratio above 1", _f(param_ratio=2.0), MisconfigurationException, "param_ratio", "init"),
     Case("F05", "negative epoch", _f(epoch=-1), MisconfigurationException, "epoch must be", "init"),
+    Case("F06", "hooi_iters given as a bool", _f(hooi_iters=True), MisconfigurationException, "hooi_iters must be an int", "init"),
+    Case("F07", "eval_batches given as a bool", _f(eval_batches=True), MisconfigurationException, "eval_batches must be an int", "init"),
     Case("E01", "empty export path", lambda tmp: ExportCompressed(""), ValueError, "path must be", "init"),
     Case("E02", "export path is a directory", lambda tmp: ExportCompressed(tmp), ValueError, "is a directory", "init"),
     Case("E03", "export include pattern that matches nothing",
@@ -322,6 +330,8 @@ CASES = [
          ValueError, "needs a sized train dataloader", "fit start"),
     Case("T07", "no end_epoch and no max_epochs",
          lambda tmp: fit_raises([GradualMagnitudePruning(0.5)], max_epochs=-1, max_steps=4), ValueError, "end_epoch is required", "setup"),
+    Case("T08", "lazy layer not yet initialised (nn.LazyLinear)",
+         lambda tmp: trainer([CompressionMonitor()]).fit(_lazy_net(), data()), ValueError, "are lazy", "setup"),
     # -- two callbacks claiming one layer
     Case("C01", "sharing fixes assignments before pruning ends on the same layer",
          lambda tmp: fit_raises([GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=2),
@@ -383,7 +393,7 @@ CASES = [
     Case("Y03", "misspelled argument in YAML",
          lambda tmp: _cli(tmp, PRUNING_YAML.format("final_sparsty: 0.5")), SystemExit, "'final_sparsty' is not accepted", "parse"),
     Case("Y04", "out-of-range bits in YAML",
-         lambda tmp: _cli(tmp, SHARING_YAML.format("bits: 20")), ValueError, "bits must be integers in [1, 16]", "parse"),
+         lambda tmp: _cli(tmp, SHARING_YAML.format("bits: 20")), ValueError, "bits must be an int >= 1 and <= 16", "parse"),
 ]
 
 

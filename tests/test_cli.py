@@ -55,7 +55,7 @@ def test_quickstart_config_trains_compresses_and_logs_to_tensorboard(tmp_path, m
     events = EventAccumulator(str(log_dirs[0]), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for t in ("compress/sparsity", "compress/ratio", "compress/accuracy", "compress/sparsity/fc1.weight",
+    for t in ("compress/sparsity", "compress/estimated_ratio", "compress/accuracy", "compress/sparsity/fc1.weight",
               "compress/bits/fc1.weight", "compress/target_sparsity", "val_acc"):
         assert t in scalars, f"{t} missing from {sorted(scalars)}"
     assert events.Scalars("compress/sparsity")[-1].value == pytest.approx(0.9, abs=1e-3)
@@ -112,3 +112,44 @@ def test_bad_callback_argument_is_rejected_with_its_name(tmp_path):
     )
     assert proc.returncode != 0
     assert "final_sparsity" in proc.stderr
+
+
+def test_every_registered_zoo_model_is_a_short_name_of_the_cli(monkeypatch, capsys):
+    """``zoo/registry.MODELS`` is the one list: each name resolves in ``lightning-compress`` as well."""
+    from importlib import import_module
+
+    from lightning_compress.zoo.registry import MODELS, resolve_model_class
+
+    monkeypatch.setattr(sys, "argv", ["lightning-compress"])
+    for name in MODELS:
+        with pytest.raises(SystemExit) as exit_info:
+            CompressCLI(args=["fit", f"--model={name}", "--data=DigitsDataModule", "--print_config"])
+        out = capsys.readouterr()
+        assert exit_info.value.code in (0, None), out.err[-1500:]
+        module, _, cls = yaml.safe_load(out.out)["model"]["class_path"].rpartition(".")
+        assert getattr(import_module(module), cls) is resolve_model_class(name)
+
+
+@pytest.mark.slow
+def test_the_documented_sensitivity_steps_run_in_order(tmp_path, monkeypatch, capsys):
+    """docs/cli.md: the dense fit writes the checkpoint the sensitivity command reads (both shortened)."""
+    import re
+    import shlex
+
+    from lightning_compress import sensitivity
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "lightning-compress-sensitivity" in b)
+    lines = [ln for ln in block.replace("\\\n", " ").splitlines() if ln.startswith("lightning-compress")]
+    fit, sens = (shlex.split(ln) for ln in lines)
+    assert fit[:2] == ["lightning-compress", "fit"] and sens[0] == "lightning-compress-sensitivity"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lightning-compress"])
+    CompressCLI(args=fit[1:] + ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                                "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+                                "--trainer.enable_progress_bar=false", "--data.init_args.val_limit=64"])
+    ckpt = sens[sens.index("--ckpt_path") + 1]
+    assert (tmp_path / ckpt).is_file()
+    sensitivity.main(sens[1:] + ["--sparsities=[0.5]", "--max_batches=1"])
+    assert (tmp_path / "sensitivity.json").is_file()
+    assert (tmp_path / "runs" / "sensitivity" / "version_0").is_dir()

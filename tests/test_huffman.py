@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_compress.core.bitstream import (
+from lightning_compress.format.bitstream import (
     BitstreamError,
     ByteReader,
     ByteWriter,
@@ -18,7 +18,7 @@ from lightning_compress.core.bitstream import (
     varint_size,
     windows,
 )
-from lightning_compress.core.huffman import (
+from lightning_compress.format.huffman import (
     MAX_CODE_LENGTH,
     HuffmanCode,
     code_lengths,

@@ -179,7 +179,25 @@ def test_clusters_left_empty_at_the_end_are_dropped():
     assert torch.all(torch.bincount(res.labels, minlength=res.centroids.numel()) > 0)
 
 
-@settings(max_examples=40, deadline=None)
+def assert_lloyd_fixed_point(x: torch.Tensor, res, k: int) -> None:
+    """Converged, sorted distinct centroids, nearest-centroid labels, every centroid its members' mean."""
+    c = res.centroids.double()
+    assert res.converged and torch.isfinite(c).all()
+    assert c.numel() <= k and torch.all(c[1:] > c[:-1])
+    x64 = x.double()
+    # every point sits with a nearest centroid (labels are exact in float64; the returned centroids are
+    # rounded to float32, which may make a point on a midpoint look up to one rounding step closer to the other)
+    d = (x64[:, None] - c[None, :]).abs()
+    slack = 1e-9 + 1e-6 * c.abs().max()
+    assert torch.all(d[torch.arange(x.numel()), res.labels] <= d.min(1).values + slack)
+    # ... and every centroid is the mean of its members (up to float32 rounding of the output)
+    for j in range(c.numel()):
+        members = x64[res.labels == j]
+        assert members.numel() > 0
+        assert float(c[j]) == pytest.approx(float(members.mean()), rel=1e-6, abs=1e-6)
+
+
+@settings(deadline=None)  # example count from the Hypothesis profile (tests/conftest.py)
 @given(
     st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=1, max_size=60),
     st.integers(1, 10),
@@ -187,18 +205,25 @@ def test_clusters_left_empty_at_the_end_are_dropped():
 )
 def test_converged_result_is_a_lloyd_fixed_point(values, k, init):
     x = torch.tensor(values, dtype=torch.float32)
-    res = kmeans_1d(x, k, init=init, max_iter=10_000)
-    c = res.centroids.double()
-    assert res.converged and torch.isfinite(c).all()
-    assert c.numel() <= k and torch.all(c[1:] > c[:-1])
-    # every point sits with a nearest centroid ...
-    d = (x.double()[:, None] - c[None, :]).abs()
-    assert torch.all(d[torch.arange(x.numel()), res.labels] <= d.min(1).values + 1e-9)
-    # ... and every centroid is the mean of its members (up to float32 rounding of the output)
-    for j in range(c.numel()):
-        members = x.double()[res.labels == j]
-        assert members.numel() > 0
-        assert float(c[j]) == pytest.approx(float(members.mean()), rel=1e-6, abs=1e-6)
+    assert_lloyd_fixed_point(x, kmeans_1d(x, k, init=init, max_iter=10_000), k)
+
+
+def test_subnormal_next_to_larger_values_keeps_its_own_exact_centroid():
+    # Regression (issue 17): prefix sums absorbed the subnormal (-1 + 1.4e-45 == -1), so its one-point cluster
+    # got centroid 0 beside the cluster of the zeros: [-1, 0, 0, 1, 2.5], duplicate centroids.
+    x = torch.tensor([0, 0, 1, 2, 3, 1.4013e-45, -1.0])
+    res = kmeans_1d(x, 5, init="density")
+    assert res.centroids.tolist() == [-1.0, 0.0, float(x[5]), 1.0, 2.5]
+    assert_lloyd_fixed_point(x, res, 5)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_tiny_values_beside_a_large_prefix_get_exact_means(init):
+    # A cluster of values 1e-30 after a run summing to 1e6: prefix-sum differences would give 0 or noise.
+    x = torch.cat([torch.full((1000,), 1000.0), torch.tensor([1e-30, 2e-30, 3e-30]), torch.full((1000,), -5.0)])
+    res = kmeans_1d(x, 3, init=init, max_iter=10_000)
+    assert_lloyd_fixed_point(x, res, 3)
+    assert float(res.centroids[1]) == pytest.approx(2e-30, rel=1e-6, abs=0)
 
 
 def test_tolerance_stops_early_like_scikit_learn():

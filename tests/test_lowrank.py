@@ -168,7 +168,7 @@ def test_plan_apply_infer_roundtrip_and_factors_are_targets():
         lr.plan_layer("head", net.head, lr.RankRule("rank", 3)),
     ]
     for rec in plan:
-        lr.replace_module(net, rec.name, lr.factorize_module(lr.get_module(net, rec.name), rec))
+        lr.replace_module(net, rec.name, lr.factorize_module(net.get_submodule(rec.name), rec))
     sd = net.state_dict()
     assert {"features.2.first.weight", "features.2.core.weight", "features.2.last.bias", "head.first.weight"} <= set(sd)
 

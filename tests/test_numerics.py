@@ -13,37 +13,17 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
-from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+
+from helpers import TinyNet, image_data
 
 from lightning_compress import GradualMagnitudePruning, WeightSharing
 from lightning_compress.core.masks import global_magnitude_masks
 from lightning_compress.core.sharing import cluster_weight, index_dtype
 
 
-class TinyNet(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.fc1 = nn.Linear(64, 32)
-        self.fc2 = nn.Linear(32, 3)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.fc1(F.relu(self.conv(x.to(self.conv.weight.dtype))).flatten(1))))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x).float(), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-
-
 def data(n: int = 48) -> DataLoader:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 1, 6, 6, generator=g)
-    return DataLoader(TensorDataset(x, (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()), batch_size=8)
+    return image_data(n)
 
 
 BITS = 3

@@ -116,3 +116,33 @@ def test_compress_your_model_example_runs_and_its_file_reloads(tmp_path):
     assert (tmp_path / "model.lcz").stat().st_size == result["file_bytes"]
     assert result["val_acc_from_file"] == result["val_acc"]  # the file is the trained model
     assert result["ratio"] > 5
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_keeps_one_last_checkpoint(path):
+    """``save_last`` without the version counter: a second run overwrites ``last.ckpt`` (no ``last-v1.ckpt``)."""
+    for cb in yaml.safe_load(path.read_text())["trainer"].get("callbacks", []):
+        if cb["class_path"].rsplit(".", 1)[-1] == "ModelCheckpoint" and cb.get("init_args", {}).get("save_last"):
+            assert cb["init_args"].get("enable_version_counter") is False, path.name
+
+
+@pytest.mark.slow
+def test_a_second_run_of_a_recipe_leaves_its_weights_in_last_ckpt(tmp_path, monkeypatch):
+    """Run the quickstart twice (different seeds): last.ckpt and the export hold the second run's weights."""
+    from lightning_compress.export import read_compressed
+
+    monkeypatch.chdir(tmp_path)
+    recipe = CONFIGS / "quickstart_digits.yaml"
+    tiny = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    lcz = tmp_path / "runs" / "quickstart" / "lenet300100.lcz"
+    ckpt_dir = tmp_path / "runs" / "quickstart" / "checkpoints"
+    exported = []
+    for seed in (0, 1):
+        main(["fit", "--config", str(recipe), f"--seed_everything={seed}", *tiny])
+        exported.append(read_compressed(lcz))
+    assert not exported[0]["fc1.weight"].equal(exported[1]["fc1.weight"])  # the runs differ
+    assert sorted(p.name for p in ckpt_dir.iterdir() if "-v" in p.stem) == []  # no last-v1.ckpt, no epoch=..-v1
+    state = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    for name, tensor in exported[1].items():
+        assert state[name].equal(tensor), name  # last.ckpt is the second run

@@ -17,8 +17,9 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
+
+from helpers import TinyNet, image_data, tiny_trainer
 
 from lightning_compress import GradualMagnitudePruning, LowRankFactorization, WeightSharing
 from lightning_compress.callbacks.export import ExportCompressed
@@ -26,46 +27,12 @@ from lightning_compress.callbacks.monitor import CompressionMonitor
 from lightning_compress.core.lowrank import LowRankLinear
 
 
-class TinyNet(pl.LightningModule):
-    def __init__(self, frozen: tuple[str, ...] = (), only_trainable: bool = False):
-        super().__init__()
-        self.only_trainable = only_trainable
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.fc1 = nn.Linear(64, 32)
-        self.fc2 = nn.Linear(32, 3)
-        for name in frozen:
-            getattr(self, name).requires_grad_(False)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.fc1(F.relu(self.conv(x)).flatten(1))))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x.to(self.dtype)), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_acc", (self(x.to(self.dtype)).argmax(-1) == y).float().mean())
-
-    test_step = validation_step
-
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad] if self.only_trainable else self.parameters()
-        return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3)
-
-
 def data(n: int = 48) -> DataLoader:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 1, 6, 6, generator=g)
-    return DataLoader(TensorDataset(x, (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()), batch_size=8)
+    return image_data(n)
 
 
 def trainer(callbacks, max_epochs: int = 3, **kw) -> pl.Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, callbacks=callbacks, limit_train_batches=3,
-                      limit_val_batches=2, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      **kw)
+    return tiny_trainer(callbacks, max_epochs, **{"limit_train_batches": 3, "limit_val_batches": 2, **kw})
 
 
 class HookProbe(pl.Callback):

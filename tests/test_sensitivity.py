@@ -141,3 +141,99 @@ def test_command_line_from_a_checkpoint_and_from_a_compressed_file(tmp_path, cap
         assert data["tolerance"] == 0.02
         assert set(data["suggested_final_sparsity"]) == set(data["curves"])
         assert "final_sparsity: {fc1.weight:" in capsys.readouterr().out
+
+
+# ---- the command line: arguments checked first, files are data, progress and one TensorBoard run each -------
+
+
+@pytest.fixture
+def saved_lenet(tmp_path):
+    from lightning_compress.zoo import LeNet300100
+
+    torch.manual_seed(0)
+    model = LeNet300100()
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "model.ckpt")
+    return tmp_path / "model.ckpt"
+
+
+def _cli(*argv, ckpt=None):
+    base = ["--model=LeNet300100", "--data=DigitsDataModule", "--data.batch_size=256"]
+    return main([*base, *([f"--ckpt_path={ckpt}"] if ckpt else []), *argv])
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--tolerance=-1"], "tolerance"),
+    (["--max_batches=0"], "max_batches"),
+    (["--sparsities=[0.5, 1.5]"], "sparsities"),
+    (["--sparsities=[0.9, 0.5]"], "sparsities"),
+    (["--split=train"], "split"),
+    (["--fit_epochs=-2"], "fit_epochs"),
+    (["--include=[nope*]"], "nope"),
+    (["--ckpt_path=missing.ckpt"], "ckpt_path"),
+])
+def test_every_argument_is_checked_before_any_work(argv, named, saved_lenet, tmp_path, monkeypatch, capsys):
+    from lightning_compress import sensitivity
+
+    def no_work(*_, **__):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(sensitivity, "_load_weights", no_work)
+    monkeypatch.setattr(sensitivity, "analyze_sensitivity", no_work)
+    monkeypatch.chdir(tmp_path)
+    ckpt = None if any(a.startswith("--ckpt_path") for a in argv) else saved_lenet
+    with pytest.raises(SystemExit) as exit_info:
+        _cli(*argv, "--fit_epochs=0" if named != "fit_epochs" else "--log_dir=null", ckpt=ckpt)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert err.startswith("lightning-compress-sensitivity: error:")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_output_under_a_regular_file_is_refused_first(saved_lenet, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit):
+        _cli(f"--output={tmp_path / 'afile' / 'out.json'}", "--log_dir=null", ckpt=saved_lenet)
+    assert "output" in capsys.readouterr().err
+
+
+def test_an_unknown_model_name_is_one_line_naming_the_argument(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model=LeNet3", "--data=DigitsDataModule"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--model" in err and "LeNet300100" in err and len(err.splitlines()) == 1
+
+
+def test_a_malicious_checkpoint_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').close()",)
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        _cli("--log_dir=null", ckpt=tmp_path / "evil.ckpt")
+    assert exit_info.value.code == 2
+    assert not marker.exists()  # weights_only=True: the pickle's code never ran
+    assert "ckpt_path" in capsys.readouterr().err
+
+
+def test_upper_case_lcz_path_progress_lines_and_one_tensorboard_run_per_invocation(tmp_path, capsys, caplog):
+    import logging
+
+    from lightning_compress.export import save_compressed
+    from lightning_compress.zoo import LeNet300100
+
+    torch.manual_seed(0)
+    save_compressed(LeNet300100(), tmp_path / "MODEL.LCZ", compare_gzip=False)
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            _cli("--sparsities=[0.5]", "--max_batches=1", f"--log_dir={tmp_path / 'tb'}", ckpt=tmp_path / "MODEL.LCZ")
+    progress = [r.getMessage() for r in caplog.records if "sensitivity: [" in r.getMessage()]
+    assert [p.split(" (")[0] for p in progress] == [f"sensitivity: [{i}/3] fc{i}.weight" for i in (1, 2, 3)] * 2
+    runs = sorted(p.name for p in (tmp_path / "tb").iterdir())
+    assert runs == ["version_0", "version_1"]
+    for run in runs:
+        assert any(f.name.startswith("events.out.tfevents") for f in (tmp_path / "tb" / run).iterdir())

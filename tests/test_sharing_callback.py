@@ -177,7 +177,7 @@ def test_plain_sgd_moves_each_centroid_by_lr_times_summed_gradient(tmp_path):
     for j in range(shared.k):
         summed = probe.grad[idx == j].sum()
         assert int((idx == j).sum()) > 1
-        assert torch.allclose(probe.after[j], probe.before[j] - 0.01 * summed, atol=1e-6), j
+        assert torch.allclose(probe.after[0, j], probe.before[0, j] - 0.01 * summed, atol=1e-6), j
 
 
 def test_layer_by_layer_on_steps(tmp_path):
@@ -370,3 +370,193 @@ trainer:
     cb.setup(cli.trainer, cli.model, "fit")
     # later mapping entries win: "fc1*" overrides the "linear" default
     assert cb._bits == {"fc1.weight": 4, "fc2.weight": 6, "fc3.weight": 6}
+
+
+# ---- grouped codebooks, Fisher weighting, changed settings on resume, claims ----
+
+
+def distinct_per_group(w: torch.Tensor, rows: int) -> list[int]:
+    return [torch.unique(w[i : i + rows][w[i : i + rows] != 0]).numel() for i in range(0, w.shape[0], rows)]
+
+
+class GroupChecker(Callback):
+    """After every training batch: exactly the codebooks' values, at most k per group, pruned zeros kept."""
+
+    def __init__(self, sharing: WeightSharing, zeros: dict[str, torch.Tensor]):
+        self.sharing, self.zeros, self.checked_steps, self.most = sharing, zeros, 0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        params = dict(pl_module.named_parameters())
+        for name, shared in self.sharing.codebooks.items():
+            w = params[name].detach()
+            k = 2 ** self.sharing._bits[name]
+            counts = distinct_per_group(w, shared.rows_per_group)
+            assert len(counts) == shared.groups and max(counts) <= min(k, shared.k), (name, counts)
+            self.most = max(self.most, max(counts))
+            assert torch.all(w[self.zeros[name]] == 0), f"{name}: a pruned weight moved"
+            assert torch.equal(w, shared.decode().to(w.dtype)), f"{name}: weights differ from C[assignment]"
+        if self.sharing.codebooks:
+            self.checked_steps += 1
+
+
+GROUP_CASES = [
+    pytest.param("sgd", {}, "channel", id="sgd-momentum-wd-channel"),
+    pytest.param("adam", {}, 3, id="adam-groups3"),
+    pytest.param("adamw", {}, "channel", id="adamw-wd-channel"),
+    pytest.param("sgd", {"accumulate_grad_batches": 2}, 5, id="sgd-accumulate2-groups5"),
+]
+
+
+@pytest.mark.parametrize("optimizer,trainer_kw,granularity", GROUP_CASES)
+def test_grouped_codebooks_hold_at_most_k_values_per_group_after_every_step(tmp_path, optimizer, trainer_kw, granularity):
+    torch.manual_seed(0)
+    model = TinyNet(optimizer)
+    zeros = hand_prune(model)
+    train, val = loaders()
+    sharing = WeightSharing(2, start_epoch=1, evaluate=False, include="fc*", granularity=granularity)
+    checker = GroupChecker(sharing, zeros)
+    first = {}
+
+    class First(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):  # after WeightSharing's hook: the fresh codebooks
+            if trainer.current_epoch == 1:
+                first.update({n: s.centroids.clone() for n, s in sharing.codebooks.items()})
+
+    make_trainer(tmp_path, [HoldZeros(zeros), sharing, First(), checker], max_epochs=3, **trainer_kw).fit(model, train, val)
+    assert checker.checked_steps == 2 * 6 and checker.most >= 2
+    fc1, fc2 = sharing.codebooks["fc1.weight"], sharing.codebooks["fc2.weight"]
+    rows = {"channel": 1, 3: 3, 5: 5}[granularity]
+    assert fc1.rows_per_group == rows and fc1.groups == -(-32 // rows) and fc1.centroids.shape == (fc1.groups, 3)
+    assert fc2.centroids.shape == (-(-3 // rows), 4)  # fc2 has no zeros: 4 centroids; fc1 is pruned: 3
+    assert torch.equal(fc1.assignment.long() == fc1.k, zeros["fc1.weight"])
+    for name, shared in sharing.codebooks.items():  # every codebook trained
+        assert not torch.allclose(shared.centroids, first[name])
+
+
+def test_projection_reads_one_member_per_cluster_for_elementwise_optimizers_only(tmp_path):
+    """SGD's state is made uniform per cluster at clustering; a subclass gets the cluster means."""
+    from lightning_compress.callbacks._sharing_layers import projection_for
+
+    class MySGD(torch.optim.SGD):
+        pass
+
+    p = [nn.Parameter(torch.zeros(2))]
+    assert projection_for(torch.optim.SGD(p, lr=0.1), synced=True) == "representative"
+    assert projection_for(torch.optim.SGD(p, lr=0.1), synced=False) == "mean"
+    assert projection_for(MySGD(p, lr=0.1), synced=True) == "mean"
+
+    class Momentum(TinyNet):  # momentum built up before clustering differs per weight
+        def configure_optimizers(self):
+            return MySGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    for model in (TinyNet("sgd"), Momentum()):
+        torch.manual_seed(0)
+        zeros = hand_prune(model)
+        sharing = WeightSharing(3, start_epoch=1, evaluate=False, granularity="channel")
+        checker = GroupChecker(sharing, zeros)
+        trainer = make_trainer(tmp_path, [HoldZeros(zeros), sharing, checker], max_epochs=2)
+        trainer.fit(model, loaders()[0])
+        assert checker.checked_steps == 6
+        shared = sharing.codebooks["fc1.weight"]
+        buf = trainer.optimizers[0].state[model.fc1.weight]["momentum_buffer"]
+        assert torch.allclose(buf, shared.decode(shared.recenter(buf)), rtol=1e-5, atol=1e-9)  # uniform per cluster
+
+
+def test_fisher_diagonal_is_the_mean_squared_training_loss_gradient(tmp_path):
+    from lightning_compress.callbacks._sharing_calibration import fisher_diagonal
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    train, _ = loaders()
+    batches = [next(iter(train)) for _ in range(3)]
+    expected = torch.zeros_like(model.fc1.weight)
+    for b in batches:
+        model.zero_grad()
+        model.training_step(b, 0).backward()
+        expected += model.fc1.weight.grad.square() / 3
+    model.fc1.weight.grad = marker = torch.full_like(model.fc1.weight, 7.0)
+    (fisher,) = fisher_diagonal(model, [model.fc1.weight], iter(batches))
+    assert torch.allclose(fisher, expected, rtol=1e-5, atol=1e-12)
+    assert model.fc1.weight.grad is marker  # the fit's gradients are left as they were
+
+
+def _supports_weights() -> bool:
+    import inspect
+
+    from lightning_compress.core.kmeans import kmeans_1d
+
+    return "weights" in inspect.signature(kmeans_1d).parameters
+
+
+@pytest.mark.skipif(not _supports_weights(), reason="weighted k-means (core.kmeans weights=) not merged yet")
+def test_fisher_weighting_lowers_the_importance_weighted_error(tmp_path):
+    from lightning_compress.callbacks._sharing_calibration import fisher_diagonal
+    from lightning_compress.core.sharing import cluster_weight
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    train, _ = loaders()
+    batches = list(train)[:4]
+    (fisher,) = fisher_diagonal(model, [model.fc1.weight], iter(batches))
+    w = model.fc1.weight.detach()
+    plain = cluster_weight(w, 4, granularity="channel")
+    weighted = cluster_weight(w, 4, granularity="channel", importance=fisher)
+
+    def err(s):
+        return float((fisher * (s.decode() - w) ** 2).sum())
+
+    assert err(weighted) < err(plain)
+    sharing = WeightSharing(2, start_epoch=1, evaluate=False, include="fc1", granularity="channel",
+                            weighting="fisher", calibration_batches=2)
+    make_trainer(tmp_path, [sharing], max_epochs=2).fit(TinyNet(), train)
+    assert max(distinct_per_group(dict(TinyNet().named_parameters())["fc1.weight"], 1)) > 4  # (a fresh model)
+    assert sharing.codebooks["fc1.weight"].groups == 32
+
+
+@pytest.mark.parametrize("old_bits,new_bits", [(3, 2), (2, 3)], ids=["lower", "raise"])
+def test_resume_with_other_bits_reclusters_from_the_current_weights(tmp_path, caplog, old_bits, new_bits):
+    torch.manual_seed(0)
+    train, _ = loaders()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    first = WeightSharing(old_bits, start_epoch=0, evaluate=False, include="fc1")
+    make_trainer(tmp_path, [first, ckpt], max_epochs=1, enable_checkpointing=True).fit(TinyNet(), train)
+    assert first.codebooks["fc1.weight"].k == 2**old_bits
+
+    model = TinyNet()
+    second = WeightSharing(new_bits, start_epoch=0, evaluate=False, include="fc1")
+    checker = GroupChecker(second, {"fc1.weight": torch.zeros(32, 64, dtype=torch.bool)})
+    with caplog.at_level("INFO"):
+        make_trainer(tmp_path, [second, checker], max_epochs=2, enable_checkpointing=True).fit(
+            model, train, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    text = caplog.text
+    assert f"bits {old_bits} -> {new_bits}" in text and "re-clustering" in text
+    shared = second.codebooks["fc1.weight"]
+    assert second.state_dict()["layers"]["fc1.weight"]["bits"] == new_bits
+    values = torch.unique(model.fc1.weight.detach()).numel()
+    if new_bits < old_bits:
+        assert shared.k == 2**new_bits and values == 2**new_bits  # 8 values became 4
+    else:
+        assert shared.k == 2**old_bits and values <= 2**old_bits and "cannot bring back" in text
+    assert checker.checked_steps == 6
+
+
+def test_describe_claims_each_layer_at_its_clustering_time(tmp_path):
+    sharing = WeightSharing(2, start_step=4, layer_interval=3, evaluate=False)
+    model = TinyNet()
+    claim = sharing.describe(None, model)
+    assert (claim.owner, claim.kind, claim.unit) == ("WeightSharing", "share", "step")
+    assert dict(claim.layers) == {"conv.weight": (4.0, 4.0), "fc1.weight": (7.0, 7.0), "fc2.weight": (10.0, 10.0)}
+    assert claim.done == frozenset()
+    make_trainer(tmp_path, [sharing], max_epochs=2).fit(model, loaders()[0])
+    assert sharing.describe(None, model).done == {"conv.weight", "fc1.weight", "fc2.weight"}
+
+
+def test_constructor_validates_new_arguments():
+    from lightning_compress import CompressionConfigError
+
+    for kwargs, name in [({"granularity": "row"}, "granularity"), ({"granularity": 0}, "granularity"),
+                         ({"granularity": True}, "granularity"), ({"weighting": "hessian"}, "weighting"),
+                         ({"calibration_batches": 0}, "calibration_batches"), ({"evaluate": "no"}, "evaluate"),
+                         ({"eval_batches": True}, "eval_batches"), ({"seed": 1.5}, "seed")]:
+        with pytest.raises(CompressionConfigError, match=name):
+            WeightSharing(4, **kwargs)

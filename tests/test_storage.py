@@ -9,14 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_compress.core.stats import layer_stats, sparse_entries
-from lightning_compress.core.storage import (
-    CorruptedFileError,
-    decode_layer,
-    decode_raw,
-    encode_layer,
-    encode_raw,
-    supports_layer_codec,
-)
+from lightning_compress.format.errors import CorruptedFileError
+from lightning_compress.format.layer import decode_layer, encode_layer, supports_layer_codec
+from lightning_compress.format.raw import decode_raw, encode_raw
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -127,7 +122,7 @@ def test_filler_widths_are_all_exact():
     w = torch.zeros(131074)
     w[positions] = torch.arange(1, len(positions) + 1, dtype=torch.float32)
     for ib in range(1, 17):
-        from lightning_compress.core.storage import _relative_indices
+        from lightning_compress.format.layer import _relative_indices
 
         symbols, owner = _relative_indices(np.array(positions), ib)
         assert symbols.size == sparse_entries(torch.tensor(positions), ib)

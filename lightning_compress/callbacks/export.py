@@ -13,8 +13,9 @@ Example::
     trainer.fit(model, datamodule)
     print(trainer.callbacks[-1].report.table())
 
-Logged (rank zero, every logger): ``compress/file_bytes``, ``compress/file_ratio`` (dense bytes / file bytes),
-``compress/gzip_bytes``; TensorBoard also gets the per-layer table as text under ``compress/export``.
+Logged (rank zero, every logger): ``compress/ratio`` (the file's real ratio: dense bytes / file bytes) and
+``compress/file_bytes`` (and ``compress/gzip_bytes`` with ``compare_gzip``); TensorBoard also gets the
+per-layer table as text under ``compress/export``, with any schedule that did not finish.
 """
 
 from __future__ import annotations
@@ -24,22 +25,55 @@ from typing import Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_compress.callbacks._claims import claims
+from lightning_compress.callbacks._logging import log_scalars, log_text
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
-from lightning_compress.callbacks._logging import log_scalars, log_text, tag
-from lightning_compress.export import CompressionReport, compressed_names, report_scalars, save_compressed
+from lightning_compress.format.api import compressed_names, save_compressed
+from lightning_compress.format.report import CompressionReport, report_scalars
+from lightning_compress.tags import tag
+from lightning_compress.validation import check_bool, fail
+
+_OWNER = "ExportCompressed"
+
+
+def log_report(report: CompressionReport, writer, step: int = 0, prefix: str = "compress") -> None:
+    """Write the report to a ``SummaryWriter``-like object: the table as text, sizes as scalars."""
+    writer.add_text(f"{prefix}/export", report.table(), global_step=step)
+    for key, value in report_scalars(report, prefix).items():
+        writer.add_scalar(key, value, global_step=step)
+
+
+def check_target_path(path: str) -> None:
+    """Fail now, not after the whole fit, when ``path`` cannot be created as a file."""
+    if "\0" in path:
+        fail(_OWNER, f"path {path!r} contains a NUL character")
+    if os.path.isdir(path):
+        fail(_OWNER, f"path {path!r} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        fail(_OWNER, f"path {path!r} cannot be created: {parent!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(_OWNER, f"path {path!r} cannot be created: no permission to write in {parent!r}")
 
 
 class ExportCompressed(Callback):
     """Save the model with :func:`~lightning_compress.export.save_compressed` at the end of ``fit``.
 
     Args:
-        path: file to write (its folder is created). Only global rank zero writes it.
-        include / exclude: globs of layers to compress (default: every Linear/Conv weight).
-        keep_negative_zero: store -0.0 exactly instead of as +0.0 (see ``core/storage``).
-        compare_gzip: also measure the gzip'd ``state_dict`` for the report.
+        path: file to write (``~`` is expanded; its folder is created). Only global rank zero writes it.
+        include / exclude: globs of weight tensors to compress / store raw (default: the callbacks' default
+            selection, plus every tensor a compression callback compressed).
+        keep_negative_zero: store -0.0 exactly instead of as +0.0 (see ``format/layer.py``).
+        compare_gzip: also measure the gzip'd ``state_dict`` for the report (slow on big models; off by default).
+        require_complete: refuse to write when a compression schedule did not finish (``max_steps``,
+            ``EarlyStopping``, an interrupt): an error naming what is unfinished, and no file.
+
+    A ``fast_dev_run`` writes nothing (Lightning's convention: no artifacts from a dev run).
     """
 
     def __init__(
@@ -48,48 +82,66 @@ class ExportCompressed(Callback):
         include: Sequence[str] | str | None = None,
         exclude: Sequence[str] | str | None = None,
         keep_negative_zero: bool = False,
-        compare_gzip: bool = True,
+        compare_gzip: bool = False,
+        require_complete: bool = False,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-            raise ValueError(f"ExportCompressed: path must be a non-empty file path, got {path!r}")
-        if os.path.isdir(path):
-            raise ValueError(f"ExportCompressed: path {os.fspath(path)!r} is a directory; give a file name")
-        self.path = os.fspath(path)
+            fail(_OWNER, f"path must be a non-empty file path, got {path!r}")
+        self.path = os.path.expanduser(os.fspath(path))
+        check_target_path(self.path)
         self.include = include
         self.exclude = exclude
-        self.keep_negative_zero = keep_negative_zero
-        self.compare_gzip = compare_gzip
+        self.keep_negative_zero = check_bool(_OWNER, "keep_negative_zero", keep_negative_zero)
+        self.compare_gzip = check_bool(_OWNER, "compare_gzip", compare_gzip)
+        self.require_complete = check_bool(_OWNER, "require_complete", require_complete)
         #: The report of the last export (rank zero only; ``None`` elsewhere and before fit ends).
         self.report: CompressionReport | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded_strategy(trainer, "ExportCompressed")
+        refuse_sharded_strategy(trainer, _OWNER)
+        if stage != "fit":
+            return
+        check_target_path(self.path)
         # a selection typo must fail now, not after the whole fit; unless a factorization will rename the layers
-        if stage == "fit" and (self.include or self.exclude) and not any(
-            type(cb).__name__ == "LowRankFactorization" for cb in trainer.callbacks
-        ):
-            compressed_names(pl_module, include=self.include, exclude=self.exclude)
+        renames = any(claim.renames_layers for _, claim in claims(trainer, pl_module))
+        if (self.include or self.exclude) and not renames:
+            try:
+                compressed_names(pl_module, include=self.include, exclude=self.exclude)
+            except ValueError as err:
+                fail(_OWNER, str(err))
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            rank_zero_info(f"ExportCompressed: fast_dev_run, {self.path} not written")
+            return
+        described = [claim for _, claim in claims(trainer, pl_module)]
+        unfinished = [f"{c.owner}: {note}" for c in described for note in c.unfinished]
+        if unfinished and self.require_complete:
+            fail(_OWNER, f"require_complete=True and compression did not finish, so {self.path} was not written: "
+                         + "; ".join(unfinished))
+        if unfinished:
+            rank_zero_warn(f"ExportCompressed: exporting an unfinished compression: {'; '.join(unfinished)}")
         if trainer.is_global_zero:
-            folder = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(folder, exist_ok=True)
-            self.report = save_compressed(
-                pl_module,
-                self.path,
-                include=self.include,
-                exclude=self.exclude,
-                keep_negative_zero=self.keep_negative_zero,
-                compare_gzip=self.compare_gzip,
-            )
-            rank_zero_info(
-                f"ExportCompressed: wrote {self.path} ({self.report.file_bytes:,} bytes, "
-                f"{self.report.ratio:.1f}x smaller than dense)"
-            )
-            log_text(trainer, tag("export"), self.report.table())
-            log_scalars(trainer, report_scalars(self.report))
-            for logger in trainer.loggers:
-                logger.save()
+            self._export(trainer, pl_module, [name for c in described for name in c.layers], unfinished)
         trainer.strategy.barrier("ExportCompressed.on_fit_end")
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, claimed: list[str], unfinished: list[str]) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.report = save_compressed(
+            pl_module, self.path, include=self.include, exclude=self.exclude, also=claimed,
+            keep_negative_zero=self.keep_negative_zero, compare_gzip=self.compare_gzip,
+        )
+        self.report.unfinished = list(unfinished)
+        rank_zero_info(
+            f"ExportCompressed: {self.report.ratio:.1f}x smaller than dense: wrote {self.path} "
+            f"({self.report.file_bytes:,} bytes, the real file ratio)"
+        )
+        log_text(trainer, tag("export"), self.report.table())
+        log_scalars(trainer, report_scalars(self.report))
+        for logger in trainer.loggers:
+            logger.save()
+
+
+__all__ = ["ExportCompressed", "check_target_path", "log_report"]

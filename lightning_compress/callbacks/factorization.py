@@ -1,88 +1,73 @@
 """LowRankFactorization: replace trained layers by low-rank factors, post-hoc or mid-fit with fine-tuning.
 
-``nn.Linear`` (``m x n``) becomes a :class:`~lightning_compress.core.lowrank.LowRankLinear` (two Linears
-from the truncated SVD, ``sqrt(sigma)`` on each side, bias on the second); ``nn.Conv2d`` becomes a
-:class:`~lightning_compress.core.lowrank.TuckerConv2d` (1x1 -> kxk -> 1x1, Tucker-2 by HOSVD [+HOOI]).
-Ranks come from a kept-energy threshold, a fixed rank or a target parameter ratio, per layer if wanted.
-A layer whose factorization would not save parameters, a grouped conv, or a layer that already looks pruned
-or shared (unless ``force=True``) is left dense, and the report says why.
+``nn.Linear`` becomes a :class:`~lightning_compress.core.lowrank.LowRankLinear` (truncated SVD, two Linears;
+it still exposes ``.weight``/``.bias`` as the product, so ``nn.MultiheadAttention``, which reads
+``out_proj.weight`` in its forward, keeps running); ``nn.Conv2d`` becomes a
+:class:`~lightning_compress.core.lowrank.TuckerConv2d` (1x1 -> kxk -> 1x1, Tucker-2 by HOSVD [+HOOI]). Ranks
+come from a kept-energy threshold, a fixed rank or a target parameter ratio, per layer if wanted. Left dense,
+with the reason in the report: a layer whose factorization saves nothing, a grouped conv, a layer that already
+looks pruned or shared (unless ``force=True``), and a tied weight (factorizing it would untie it). Other types
+are skipped with one info line. Factorize first, then prune/share: the factors are ordinary layers.
 
 Example::
 
-    from lightning_compress import LowRankFactorization
+    from lightning_compress import LowRankFactorization, load_factorized
 
-    # post-hoc (default): factorize at the end of fit, keep 90% of each layer's energy
-    trainer = Trainer(callbacks=[LowRankFactorization(energy=0.9)])
-    # mid-fit: factorize at the start of epoch 8, then the remaining epochs fine-tune the factors
-    trainer = Trainer(max_epochs=10, callbacks=[LowRankFactorization(param_ratio=0.25, epoch=8, exclude=["fc3"])])
+    trainer = Trainer(callbacks=[LowRankFactorization(energy=0.9)])          # post-hoc, at the end of fit
+    trainer = Trainer(max_epochs=10, callbacks=[LowRankFactorization(param_ratio=0.25, epoch=8)])  # mid-fit
     trainer.fit(model, datamodule)
-    print(trainer.callbacks[0].table())
+    model = load_factorized("checkpoints/factorized.ckpt", LeNet300100())    # inference, plain instance
 
-    # inference on a factorized checkpoint with a plain model instance
-    model = load_factorized("last.ckpt", LeNet300100())
+**Mid-fit** (``epoch=E``): at the start of epoch ``E`` the modules are replaced, then optimizers and LR
+schedulers are rebuilt (:func:`rebuild_optimizers`) carrying over scheduler position, group learning rates,
+optimizer state of surviving parameters and the step hooks of other callbacks. Under DDP the module is
+re-wrapped (factors broadcast from rank 0, which decides the plan).
 
-**Mid-fit** (``epoch=E``): at the start of epoch ``E`` the modules are replaced in place, then optimizers
-and LR schedulers are rebuilt with the module's own ``configure_optimizers`` so the factors train. What
-carries over: each rebuilt scheduler loads the ``state_dict`` of the one it replaces (same position), and
-each param group takes the old group's current ``lr``/``initial_lr`` (and momentum/betas), so the schedule
-continues from epoch ``E`` instead of restarting; optimizer state (momentum buffers, Adam moments) carries
-over for the parameters that survived, while the new factors start with empty state; step pre/post hooks
-that other callbacks registered on the old optimizers are copied onto the new ones. Under DDP the module is
-re-wrapped, which also broadcasts the factors from rank 0 (the plan itself is decided on rank 0).
+**Checkpoints**: factor weights are ordinary state_dict entries (``fc1.first.weight``, ...); the plan is in
+the callback state and at the checkpoint's top level (``"lowrank_factorization"``). A ``load_state_dict``
+pre-hook registered in ``setup`` rebuilds the factorized layers an incoming state_dict describes, for every
+path into ``load_state_dict``. A post-hoc factorization happens after ``ModelCheckpoint`` wrote its (dense)
+files, so the callback then writes ``factorized.ckpt`` beside them (``save_checkpoint``).
 
-**Accuracy**: just before and just after the factorization the callback evaluates the validation
-dataloader itself (top-1 on ``(x, y)`` batches, summed over ranks) and logs
-``compress/lowrank/acc_before`` and ``compress/lowrank/acc_after``; after fine-tuning, at the end of
-training, ``compress/lowrank/acc_finetuned`` (alongside the module's own ``val_acc``).
-
-**Checkpoints**: factor weights are ordinary state_dict entries (``fc1.first.weight``, ``fc1.second.weight``,
-``conv2.core.weight``, ...). The plan (layer, kind, ranks) is stored in the callback state and at the top
-level of the checkpoint (``"lowrank_factorization"``). On resume the architecture must change *before* the
-weights load, but Lightning restores callback state only after the model, so in ``setup`` this callback
-registers a ``load_state_dict`` pre-hook on the module that rebuilds the factorized layers the incoming
-state_dict describes (its keys and shapes say exactly which layers and ranks). It works for every path
-into ``load_state_dict`` (``fit/validate/test(ckpt_path=...)``, ``"last"``, HPC) without re-reading the
-file. :func:`load_factorized` does the same for inference without a Trainer. Post-hoc factorization runs
-in ``on_train_end``, after ``ModelCheckpoint`` wrote its files (they hold the dense model): call
-``trainer.save_checkpoint(path)`` after ``fit`` to keep the factorized one.
-
-**Order with the other callbacks**: factorize first, then prune/share. The factors are ordinary
-``nn.Linear``/``nn.Conv2d`` children (``fc1.first``, ``conv2.core``, ...), so a later pruning or sharing
-fit selects them like any layer; a layer that already looks pruned (more than 1% exact zeros) or shared
-(at most 256 distinct values) is left dense unless ``force=True`` (the SVD of a pruned or quantized
-matrix destroys its zeros and codebook). Factors are never factorized again.
-
-Monitoring: per layer ``compress/rank/<layer>`` (``.../in`` and ``.../out`` for Tucker-2),
-``compress/energy/<layer>``, ``compress/params_before|params_after/<layer>``,
-``compress/macs_before|macs_after/<layer>`` (per sample, measured input sizes), the totals
-``compress/lowrank/params_ratio`` and the text table ``compress/lowrank/table``.
+Logged: ``compress/lowrank/acc_before|acc_after|acc_finetuned`` (validation top-1 around the change),
+``compress/rank/<layer>``, ``compress/energy/<layer>``, ``compress/params_before|params_after/<layer>``,
+``compress/macs_before|macs_after/<layer>``, ``compress/lowrank/params_ratio`` and the table
+``compress/lowrank/table``. Details: ``docs/callbacks/factorization.md``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.cloud_io import _load as pl_load
-from lightning.pytorch.callbacks import Callback
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lightning_compress.callbacks._claims import Claim
 from lightning_compress.callbacks._conflicts import check_compression_callbacks
-from lightning_compress.callbacks._strategy import refuse_sharded_strategy
+from lightning_compress.callbacks._evaluate import validation_accuracy
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
-from lightning_compress.core import lowrank as lr
-from lightning_compress.core.targets import find_targets, per_target_value
+from lightning_compress.callbacks._plumbing import carry_step_hooks
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
+from lightning_compress.core import lowrank
+from lightning_compress.core.targets import Target, find_targets, per_target_value
+from lightning_compress.validation import check_bool, check_int, fail, reraise_as_config_error
 
+_OWNER = "LowRankFactorization"
 #: Top-level checkpoint key holding the plan (list of dicts), readable without the callback.
 CHECKPOINT_KEY = "lowrank_factorization"
+#: File name of the checkpoint written after a post-hoc factorization (next to ModelCheckpoint's files).
+FACTORIZED_CHECKPOINT = "factorized.ckpt"
 _SUPPORTED = (nn.Linear, nn.Conv2d)
 #: Param-group hyperparameters that LR/momentum schedulers move and that must continue after a rebuild.
 _SCHEDULED_GROUP_KEYS = ("lr", "initial_lr", "momentum", "betas", "max_lr", "min_lr", "max_momentum", "base_momentum")
@@ -109,6 +94,9 @@ class LowRankFactorization(Callback):
         evaluate: measure validation accuracy just before/after factorizing and after fine-tuning.
         eval_batches: cap on validation batches for those measurements (default: the Trainer's val batches).
         verbose: print the per-layer table (rank zero).
+        save_checkpoint: after a post-hoc factorization, write the factorized model to ``factorized.ckpt``
+            next to ``ModelCheckpoint``'s files: they were written before it and hold the dense weights. Not in
+            a ``fast_dev_run``, nor without a ``ModelCheckpoint`` (an info line says what to do instead).
     """
 
     def __init__(
@@ -125,27 +113,28 @@ class LowRankFactorization(Callback):
         evaluate: bool = True,
         eval_batches: int | None = None,
         verbose: bool = True,
+        save_checkpoint: bool = True,
     ) -> None:
         given = {k: v for k, v in (("energy", energy), ("rank", rank), ("param_ratio", param_ratio)) if v is not None}
         if len(given) > 1:
-            raise MisconfigurationException(
-                f"LowRankFactorization: give only one of energy, rank, param_ratio (got {sorted(given)})"
-            )
+            fail(_OWNER, f"give only one of energy, rank, param_ratio (got {sorted(given)})")
         name, value = next(iter(given.items())) if given else ("energy", 0.9)
         self.rule_kind = {"energy": "energy", "rank": "rank", "param_ratio": "ratio"}[name]
-        self.rule_value = value
-        values = value.values() if isinstance(value, Mapping) else [value]
-        for v in values:  # validate now, with the argument's name in the message
+        self.rule_value = dict(value) if isinstance(value, Mapping) else value
+        if isinstance(value, Mapping) and not value:
+            fail(_OWNER, f"{name} must not be an empty mapping")
+        for key, v in (value.items() if isinstance(value, Mapping) else [(None, value)]):
+            if isinstance(v, bool) or (key is not None and not isinstance(key, str)):
+                fail(_OWNER, f"{name}: expected numbers keyed by layer globs, got {key!r}: {v!r}")
             try:
-                lr.RankRule(self.rule_kind, tuple(v) if isinstance(v, (list, tuple)) else v)
+                lowrank.RankRule(self.rule_kind, tuple(v) if isinstance(v, (list, tuple)) else v)
             except ValueError as err:
-                raise MisconfigurationException(f"LowRankFactorization: {name}: {err}") from None
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
-            raise MisconfigurationException(f"LowRankFactorization: epoch must be None or an int >= 0, got {epoch!r}")
-        if not isinstance(hooi_iters, int) or hooi_iters < 0:
-            raise MisconfigurationException(f"LowRankFactorization: hooi_iters must be an int >= 0, got {hooi_iters!r}")
-        if eval_batches is not None and (not isinstance(eval_batches, int) or eval_batches < 1):
-            raise MisconfigurationException(f"LowRankFactorization: eval_batches must be None or >= 1, got {eval_batches!r}")
+                reraise_as_config_error(_OWNER, name, err)
+        check_int(_OWNER, "epoch", epoch, low=0, allow_none=True)
+        check_int(_OWNER, "hooi_iters", hooi_iters, low=0)
+        check_int(_OWNER, "eval_batches", eval_batches, low=1, allow_none=True)
+        for flag, v in (("force", force), ("evaluate", evaluate), ("verbose", verbose), ("save_checkpoint", save_checkpoint)):
+            check_bool(_OWNER, flag, v)
         self.epoch = epoch
         self.include, self.exclude, self.types = include, exclude, types
         self.hooi_iters = hooi_iters
@@ -153,8 +142,11 @@ class LowRankFactorization(Callback):
         self.evaluate = evaluate
         self.eval_batches = eval_batches
         self.verbose = verbose
+        self.save_checkpoint = save_checkpoint
+        #: Where the factorized checkpoint was written after a post-hoc factorization (``None`` before).
+        self.factorized_checkpoint: str | None = None
         # state (saved in state_dict)
-        self.plan: list[lr.FactorizedLayer] = []  # every considered layer, applied or not
+        self.plan: list[lowrank.FactorizedLayer] = []  # every considered layer, applied or not
         self.factorized_at_epoch: int | None = None
         self.accuracy: dict[str, float] = {}
         self._hook_handle = None
@@ -165,19 +157,19 @@ class LowRankFactorization(Callback):
         return self.factorized_at_epoch is not None
 
     @property
-    def applied_plan(self) -> list[lr.FactorizedLayer]:
+    def applied_plan(self) -> list[lowrank.FactorizedLayer]:
         return [r for r in self.plan if r.applied]
 
     def table(self) -> str:
-        return lr.plan_table(self.plan)
+        return lowrank.plan_table(self.plan)
 
     # ------------------------------------------------------------------ hooks, in the order a fit calls them
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded_strategy(trainer, "LowRankFactorization")
+        refuse_sharded_strategy(trainer, _OWNER)
         check_compression_callbacks(trainer, pl_module, self, stage)
         if stage == "fit" and self.done and not any(
-            isinstance(dict(pl_module.named_modules()).get(r.name), lr.FACTORIZED_TYPES) for r in self.applied_plan
+            isinstance(dict(pl_module.named_modules()).get(r.name), lowrank.FACTORIZED_TYPES) for r in self.applied_plan
         ):  # reused on another (dense) model: factorize that one too; a resumed checkpoint restores the plan later
             self.plan, self.factorized_at_epoch, self.accuracy = [], None, {}
         # before Lightning restores a checkpoint's weights: rebuild whatever factorized layers they describe
@@ -193,9 +185,10 @@ class LowRankFactorization(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.epoch is None and not self.done:
             self._factorize(trainer, pl_module, midfit=False)
+            self._save_factorized(trainer)
         elif self.epoch is not None and not self.done:
             rank_zero_warn(
-                f"LowRankFactorization: training ended at epoch {trainer.current_epoch} before epoch={self.epoch}; "
+                f"{_OWNER}: training ended at epoch {trainer.current_epoch} before epoch={self.epoch}; "
                 "nothing was factorized"
             )
         elif self.epoch is not None and self.evaluate:  # measured again after every (resumed) fine-tuning fit
@@ -203,7 +196,43 @@ class LowRankFactorization(Callback):
             if acc is not None:
                 self.accuracy["acc_finetuned"] = acc
                 log_scalars(trainer, {tag("lowrank", "acc_finetuned"): acc})
-                rank_zero_info(f"LowRankFactorization: accuracy after fine-tuning {acc:.4f}")
+                rank_zero_info(f"{_OWNER}: accuracy after fine-tuning {acc:.4f}")
+
+    def _save_factorized(self, trainer: pl.Trainer) -> None:
+        """Write the factorized model: the run's checkpoints were written before the factorization (dense)."""
+        if not self.applied_plan:
+            return
+        folder = next((cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+                       and cb.dirpath), None)
+        if not self.save_checkpoint or trainer.fast_dev_run or folder is None:
+            rank_zero_info(f"{_OWNER}: the model is factorized in memory; any checkpoint of this run holds the dense "
+                           "model: call trainer.save_checkpoint(path) to keep the factorized one (load it with "
+                           "load_factorized(path, model))")
+            return
+        path = os.path.join(folder, FACTORIZED_CHECKPOINT)
+        trainer.save_checkpoint(path)
+        self.factorized_checkpoint = path
+        rank_zero_info(f"{_OWNER}: wrote the factorized model to {path} (the run's other checkpoints hold the dense "
+                       f"model); load it with load_factorized({path!r}, model) or resume from it with ckpt_path")
+
+    def describe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Claim:
+        """The layers this callback will replace (module weights such as ``fc1.weight``), at ``epoch``.
+
+        Post-hoc (``epoch=None``) changes happen after training (times ``inf``). ``unfinished`` says so when a
+        mid-fit epoch was never reached in a fit that has ended.
+        """
+        posthoc = self.epoch is None
+        when = math.inf if posthoc else float(self.epoch)
+        done = frozenset(f"{r.name}.weight" for r in self.applied_plan)
+        layers = {f"{r.name}.weight": (when, when) for r in self.applied_plan}
+        if not self.done:
+            layers = {t.name: (when, when) for t in self._candidates(pl_module)}
+        unfinished: tuple[str, ...] = ()
+        if not posthoc and not self.done and trainer is not None and trainer.state.finished:
+            unfinished = (f"factorization at epoch {self.epoch} never happened (training ended at epoch "
+                          f"{trainer.current_epoch})",)
+        return Claim(owner=_OWNER, kind="factorize", unit="epoch", layers=layers, done=done, posthoc=posthoc,
+                     renames_layers=True, unfinished=unfinished)
 
     @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -218,37 +247,55 @@ class LowRankFactorization(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "plan": [r.as_dict() for r in self.plan],
-            "factorized_at_epoch": self.factorized_at_epoch,
-            "accuracy": dict(self.accuracy),
-        }
+        plan = [r.as_dict() for r in self.plan]
+        return {"plan": plan, "factorized_at_epoch": self.factorized_at_epoch, "accuracy": dict(self.accuracy)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.plan = [lr.FactorizedLayer.from_dict(d) for d in state_dict.get("plan", [])]
+        self.plan = [lowrank.FactorizedLayer.from_dict(d) for d in state_dict.get("plan", [])]
         self.factorized_at_epoch = state_dict.get("factorized_at_epoch")
         self.accuracy = dict(state_dict.get("accuracy", {}))
 
     # ------------------------------------------------------------------ the work
-    def _rule_for(self, value: Any) -> lr.RankRule:
-        return lr.RankRule(self.rule_kind, tuple(value) if isinstance(value, (list, tuple)) else value)
+    def _rule_for(self, value: Any) -> lowrank.RankRule:
+        return lowrank.RankRule(self.rule_kind, tuple(value) if isinstance(value, (list, tuple)) else value)
 
-    def make_plan(self, model: nn.Module) -> list[lr.FactorizedLayer]:
-        """Decide, layer by layer, the ranks (and whether to factorize at all). Pure; touches no weights."""
-        targets = [
-            t for t in find_targets(model, self.include, self.exclude, self.types, owner="LowRankFactorization")
-            if not lr.inside_factorized(model, t.module_name)
-        ]
-        values = per_target_value(self.rule_value, targets, "LowRankFactorization", self.rule_kind)
-        plan: list[lr.FactorizedLayer] = []
+    def _selected(self, model: nn.Module) -> list[Target]:
+        try:
+            return find_targets(model, self.include, self.exclude, self.types, owner=_OWNER)
+        except ValueError as err:
+            fail("", str(err))
+
+    def _candidates(self, model: nn.Module) -> list[Target]:
+        """Selected Linear/Conv2d layers that are not factors already and not tied (quiet: no messages)."""
+        return [t for t in self._selected(model) if isinstance(t.module, _SUPPORTED) and t.param_name == "weight"
+                and not t.aliases and not lowrank.inside_factorized(model, t.module_name)]
+
+    def make_plan(self, model: nn.Module) -> list[lowrank.FactorizedLayer]:
+        """Decide, layer by layer, the ranks (and whether to factorize at all). Pure; touches no weights.
+
+        Left out, with one info line each: types other than Linear/Conv2d, and tied weights (an LM head that
+        shares the embedding's Parameter: replacing it would untie the two, so the tie is kept and it stays dense).
+        """
+        targets = [t for t in self._selected(model) if not lowrank.inside_factorized(model, t.module_name)]
+        candidates = {t.name for t in self._candidates(model)}
         for t in targets:
-            if not isinstance(t.module, _SUPPORTED):
-                rank_zero_info(f"LowRankFactorization: {t.module_name} ({type(t.module).__name__}) is not supported; left dense")
+            if t.name in candidates:
                 continue
-            rec = lr.plan_layer(t.module_name, t.module, self._rule_for(values[t.name]), self.hooi_iters)
+            if t.aliases:
+                why = f"its weight is tied to {list(t.aliases)} (factorizing would untie them); left dense"
+            else:
+                why = f"{type(t.module).__name__}.{t.param_name} is not supported (Linear and Conv2d are); left dense"
+            rank_zero_info(f"{_OWNER}: {t.name}: {why}")
+        targets = [t for t in targets if t.name in candidates]
+        if not targets:
+            return []
+        values = per_target_value(self.rule_value, targets, _OWNER, self.rule_kind)
+        plan: list[lowrank.FactorizedLayer] = []
+        for t in targets:
+            rec = lowrank.plan_layer(t.module_name, t.module, self._rule_for(values[t.name]), self.hooi_iters)
             if rec.applied and not self.force:
-                why = lr.layer_looks_compressed(t.module.weight)
+                why = lowrank.layer_looks_compressed(t.module.weight)
                 if why:
                     rec.applied = False
                     rec.reason = f"{why}; pass force=True to factorize it anyway"
@@ -258,7 +305,7 @@ class LowRankFactorization(Callback):
     def _factorize(self, trainer: pl.Trainer, pl_module: pl.LightningModule, midfit: bool) -> None:
         plan = self.make_plan(pl_module)
         # rank zero decides: energy-rule ranks must not differ across processes by a rounding hair
-        plan = [lr.FactorizedLayer.from_dict(d) for d in trainer.strategy.broadcast([r.as_dict() for r in plan], src=0)]
+        plan = [lowrank.FactorizedLayer.from_dict(d) for d in trainer.strategy.broadcast([r.as_dict() for r in plan], src=0)]
         shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         if self.evaluate:
             acc = self._evaluate(trainer, pl_module, record_shapes=(plan, shapes))
@@ -268,14 +315,14 @@ class LowRankFactorization(Callback):
             self._shapes_from_example(pl_module, plan, shapes)
 
         for rec in plan:
-            module = lr.get_module(pl_module, rec.name)
+            module = pl_module.get_submodule(rec.name)
             if rec.name in shapes:
-                rec.macs_before = lr.dense_macs(module, *shapes[rec.name])
-                rec.macs_after = lr.factorized_macs(rec, module, *shapes[rec.name]) if rec.applied else rec.macs_before
+                rec.macs_before = lowrank.dense_macs(module, *shapes[rec.name])
+                rec.macs_after = lowrank.factorized_macs(rec, module, *shapes[rec.name]) if rec.applied else rec.macs_before
             if rec.applied:
-                lr.replace_module(pl_module, rec.name, lr.factorize_module(module, rec, self.hooi_iters))
+                lowrank.replace_module(pl_module, rec.name, lowrank.factorize_module(module, rec, self.hooi_iters))
             else:
-                rank_zero_info(f"LowRankFactorization: {rec.name} left dense: {rec.reason}")
+                rank_zero_info(f"{_OWNER}: {rec.name} left dense: {rec.reason}")
         self.plan = plan
         self.factorized_at_epoch = trainer.current_epoch
 
@@ -313,58 +360,20 @@ class LowRankFactorization(Callback):
         acc = ", ".join(f"{k} {v:.4f}" for k, v in self.accuracy.items())
         log_text(trainer, tag("lowrank", "table"), f"<pre>{table}\n{acc}</pre>")
         if self.verbose:
-            rank_zero_info(f"LowRankFactorization at epoch {self.factorized_at_epoch}:\n{table}" + (f"\n{acc}" if acc else ""))
+            rank_zero_info(f"{_OWNER} at epoch {self.factorized_at_epoch}:\n{table}" + (f"\n{acc}" if acc else ""))
 
     # ------------------------------------------------------------------ measurement
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record_shapes=None) -> float | None:
-        """Top-1 accuracy over the validation dataloader(s), summed over ranks; ``None`` without one."""
-        val_loop = trainer.fit_loop.epoch_loop.val_loop
-        try:
-            val_loop.setup_data()
-        except Exception as err:  # noqa: BLE001 - no val data is a normal configuration, say so and go on
-            rank_zero_info(f"LowRankFactorization: no validation data to measure accuracy ({err})")
-            return None
-        loaders = trainer.val_dataloaders
-        if loaders is None:
-            return None
-        loaders = list(loaders.values()) if isinstance(loaders, Mapping) else (loaders if isinstance(loaders, (list, tuple)) else [loaders])
-        limits = list(trainer.num_val_batches) if trainer.num_val_batches else [math.inf] * len(loaders)
-        handles = []
+        """Top-1 validation accuracy (``callbacks/_evaluate``); ``record_shapes=(plan, shapes)`` also records
+        each planned layer's input/output shapes on the first batch."""
+        first_batch = None
         if record_shapes is not None:
             plan, shapes = record_shapes
-            handles = _shape_hooks(pl_module, plan, shapes)
-        was_training = pl_module.training
-        pl_module.eval()
-        correct = torch.zeros((), dtype=torch.long, device=pl_module.device)
-        total = torch.zeros((), dtype=torch.long, device=pl_module.device)
-        try:
-            with torch.no_grad():
-                for loader, limit in zip(loaders, limits):
-                    cap = min(limit, self.eval_batches or math.inf)
-                    for i, batch in enumerate(loader):
-                        if i >= cap:
-                            break
-                        batch = trainer.strategy.batch_to_device(batch)
-                        if not (isinstance(batch, (list, tuple)) and len(batch) >= 2):
-                            rank_zero_warn("LowRankFactorization: validation batches are not (x, y); accuracy not measured")
-                            return None
-                        x, y = batch[0], batch[1]
-                        logits = pl_module(x)
-                        if logits.dim() < 2 or logits.shape[0] != y.shape[0]:
-                            rank_zero_warn("LowRankFactorization: outputs are not class logits; accuracy not measured")
-                            return None
-                        correct += (logits.argmax(-1) == y).sum()
-                        total += y.numel()
-                        for h in handles:
-                            h.remove()
-                        handles = []
-        finally:
-            for h in handles:
-                h.remove()
-            pl_module.train(was_training)
-        correct = trainer.strategy.reduce(correct, reduce_op="sum")
-        total = trainer.strategy.reduce(total, reduce_op="sum")
-        return float(correct) / float(total) if int(total) else None
+
+            def first_batch():
+                return _shape_hooks(pl_module, plan, shapes)
+
+        return validation_accuracy(trainer, pl_module, _OWNER, self.eval_batches, first_batch)
 
     @staticmethod
     def _shapes_from_example(pl_module: pl.LightningModule, plan, shapes) -> None:
@@ -392,7 +401,7 @@ def _shape_hooks(model: nn.Module, plan, shapes: dict) -> list:
 
         return hook
 
-    return [lr.get_module(model, r.name).register_forward_hook(make(r.name)) for r in plan]
+    return [model.get_submodule(r.name).register_forward_hook(make(r.name)) for r in plan]
 
 
 # ---------------------------------------------------------------------- optimizer rebuild
@@ -409,12 +418,10 @@ def rebuild_optimizers(trainer: pl.Trainer) -> None:
     old_opts = list(strategy.optimizers)
     old_scheds = list(strategy.lr_scheduler_configs)
     strategy.setup_optimizers(trainer)
-    from lightning.fabric.utilities.optimizer import _optimizers_to_device
-
     _optimizers_to_device(strategy.optimizers, strategy.root_device)
     new_opts = list(strategy.optimizers)
     if len(old_opts) != len(new_opts):
-        rank_zero_warn("LowRankFactorization: configure_optimizers returned a different number of optimizers; "
+        rank_zero_warn(f"{_OWNER}: configure_optimizers returned a different number of optimizers; "
                        "their state was not carried over")
         return
     for old, new in zip(old_opts, new_opts):
@@ -424,58 +431,69 @@ def rebuild_optimizers(trainer: pl.Trainer) -> None:
                     new.state[p] = old.state[p]
         if len(old.param_groups) == len(new.param_groups):
             for g_old, g_new in zip(old.param_groups, new.param_groups):
-                for key in _SCHEDULED_GROUP_KEYS:
-                    if key in g_old and key in g_new:
-                        g_new[key] = g_old[key]
+                g_new.update({k: g_old[k] for k in _SCHEDULED_GROUP_KEYS if k in g_old and k in g_new})
         else:
-            rank_zero_warn("LowRankFactorization: param groups changed in number; learning rates restart from the config")
-        new._optimizer_step_pre_hooks.update(old._optimizer_step_pre_hooks)
-        new._optimizer_step_post_hooks.update(old._optimizer_step_post_hooks)
+            rank_zero_warn(f"{_OWNER}: param groups changed in number; learning rates restart from the config")
+        carry_step_hooks(old, new)
     new_scheds = list(strategy.lr_scheduler_configs)
     for old_cfg, new_cfg in zip(old_scheds, new_scheds):
         if type(old_cfg.scheduler) is type(new_cfg.scheduler):
             new_cfg.scheduler.load_state_dict(old_cfg.scheduler.state_dict())
         else:
-            rank_zero_warn(f"LowRankFactorization: scheduler {type(new_cfg.scheduler).__name__} differs from the old one; "
-                           "it restarts")
+            rank_zero_warn(f"{_OWNER}: scheduler {type(new_cfg.scheduler).__name__} differs from the old one; it restarts")
 
 
 # ---------------------------------------------------------------------- architecture before weights
 def _rebuild_before_load(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     """``load_state_dict`` pre-hook: turn dense layers into the factorized ones the incoming keys describe."""
     local = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)} if prefix else state_dict
-    plan = lr.infer_factorization_plan(local, module)
+    plan = lowrank.infer_factorization_plan(local, module)
     if plan:
-        lr.apply_factorization_plan(module, plan)
-        rank_zero_info(f"LowRankFactorization: rebuilt factorized layers {[(r.name, r.ranks) for r in plan]} before loading weights")
+        lowrank.apply_factorization_plan(module, plan)
+        rank_zero_info(f"{_OWNER}: rebuilt factorized layers {[(r.name, r.ranks) for r in plan]} before loading weights")
     # the other way round, e.g. ``trainer.test(ckpt_path="best")`` after a post-hoc factorization: the file
     # holds the dense layers, so the module goes back to them
-    dense = [name for name, m in module.named_modules() if isinstance(m, lr.FACTORIZED_TYPES)
+    dense = [name for name, m in module.named_modules() if isinstance(m, lowrank.FACTORIZED_TYPES)
              and f"{name}.weight" in local and f"{name}.first.weight" not in local]
     for name in dense:
-        lr.replace_module(module, name, lr.dense_shell(module.get_submodule(name)))
+        lowrank.replace_module(module, name, lowrank.dense_shell(module.get_submodule(name)))
     if dense:
-        rank_zero_info(f"LowRankFactorization: the checkpoint holds {dense} dense; restored the dense layers to load it")
+        rank_zero_info(f"{_OWNER}: the checkpoint holds {dense} dense; restored the dense layers to load it")
 
 
-def load_factorized(checkpoint_path: str, model: nn.Module, strict: bool = True, map_location: Any = "cpu") -> nn.Module:
+def load_factorized(
+    checkpoint: str | os.PathLike | Mapping[str, Any], model: nn.Module, strict: bool = True, map_location: Any = "cpu"
+) -> nn.Module:
     """Load a checkpoint saved after factorization into a plain (dense) ``model`` instance, for inference.
 
-    Rebuilds the factorized layers from the plan stored in the checkpoint (or, for a bare ``state_dict``
-    file, from its keys), then loads the weights. Returns ``model`` (modified in place)::
+    ``checkpoint`` is a path (a Lightning checkpoint or a bare ``state_dict`` file) or an already loaded
+    checkpoint/``state_dict``. Rebuilds the factorized layers from the plan stored in the checkpoint (or from
+    its keys), then loads the weights. Returns ``model`` (modified in place)::
 
-        model = load_factorized("epoch=9.ckpt", LeNet300100()).eval()
+        model = load_factorized("factorized.ckpt", LeNet300100()).eval()
+
+    A file is read with ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary
+    pickled objects (a checkpoint is data from strangers).
     """
-    checkpoint = pl_load(checkpoint_path, map_location=map_location, weights_only=False)
-    state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
-    plan = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, Mapping) else None
+    if isinstance(checkpoint, Mapping):
+        loaded = checkpoint
+    else:
+        try:
+            loaded = pl_load(checkpoint, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch's UnpicklingError and friends: say what to do
+            if isinstance(err, (FileNotFoundError, IsADirectoryError)):
+                raise
+            fail("load_factorized", f"checkpoint {str(checkpoint)!r} holds more than tensors and plain containers, "
+                 f"so it was not unpickled ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                 "If you trust the file, load it yourself (torch.load(path, weights_only=False)) and pass the "
+                 "loaded checkpoint or its 'state_dict' to load_factorized instead of the path")
+    state_dict = loaded.get("state_dict", loaded)
+    plan = loaded.get(CHECKPOINT_KEY)
     if plan is None:
-        plan = lr.infer_factorization_plan(state_dict, model)
-    apply_factorization_plan(model, plan)
+        plan = lowrank.infer_factorization_plan(state_dict, model)
+    lowrank.apply_factorization_plan(model, plan)
     model.load_state_dict(state_dict, strict=strict)
     return model
 
 
-apply_factorization_plan = lr.apply_factorization_plan
-
-__all__ = ["CHECKPOINT_KEY", "LowRankFactorization", "apply_factorization_plan", "load_factorized", "rebuild_optimizers"]
+__all__ = ["CHECKPOINT_KEY", "FACTORIZED_CHECKPOINT", "LowRankFactorization", "load_factorized", "rebuild_optimizers"]

@@ -1,18 +1,20 @@
 """WeightSharing: Deep Compression's trained quantization as a Lightning callback.
 
-At a scheduled epoch or step each selected layer's surviving (non-zero) weights are clustered into
-k = 2^bits centroids with 1-D k-means (``core.kmeans``); every weight is replaced by its centroid and the
-assignments are frozen. Training then continues on the *centroids*: before every optimizer step each shared
-weight's gradient is replaced by its cluster's gradient ``dL/dC_k`` (sum over the cluster as in the paper,
-or the mean), and after every optimizer step the layer is projected back onto its codebook (centroid = mean
-of its members, ``W = C[assignment]``). The model keeps ordinary parameters and ``state_dict`` keys; each
-shared layer holds at most k distinct non-zero values after every step, whatever the optimizer (momentum,
-weight decay, Adam moments), gradient accumulation or mixed precision. Zeros at clustering time count as
-pruned: they are not a cluster and stay exactly zero (as do weights another callback zeroes later).
+At a scheduled epoch or step each selected layer's surviving (non-zero) weights are clustered with 1-D k-means
+(``core.kmeans``) into ``k = 2^bits`` centroids per codebook - one codebook per tensor (Deep Compression), per
+output channel, or per group of output channels (``granularity``); every weight is replaced by its centroid
+and the assignments are frozen. With ``weighting="fisher"`` the clustering minimises the squared error
+weighted by each weight's sensitivity (the empirical Fisher diagonal of the training loss, SqueezeLLM/SKM).
+Training then continues on the *centroids*: before every optimizer step each shared weight's gradient is
+replaced by its cluster's gradient ``dL/dC`` (sum over the cluster as in the paper, or the mean), and after
+every optimizer step the layer is projected back onto its codebooks (``W = C[assignment]``). The model keeps
+ordinary parameters and ``state_dict`` keys; each codebook's weights hold at most k distinct non-zero values
+after every step, whatever the optimizer (momentum, weight decay, Adam moments), gradient accumulation or
+mixed precision. Zeros at clustering time count as pruned: they are not a cluster and stay exactly zero (as
+do weights another callback zeroes later).
 
-Accuracy "just before" and "just after" clustering is measured by the callback itself on up to
-``eval_batches`` batches of the validation dataloader (top-1 of ``model(x)`` on ``(x, y)`` batches, eval
-mode, summed over DDP ranks) and logged as ``compress/sharing/accuracy_before``/``accuracy_after``/
+Accuracy "just before" and "just after" clustering is measured on up to ``eval_batches`` validation batches
+(``callbacks/_evaluate.py``) and logged as ``compress/sharing/accuracy_before``/``accuracy_after``/
 ``accuracy_drop``: the drop that centroid fine-tuning must recover.
 
 Example::
@@ -30,7 +32,7 @@ Or in LightningCLI YAML::
     trainer:
       callbacks:
         - class_path: lightning_compress.WeightSharing
-          init_args: {bits: {"fc1*": 4, "*": 6}, start_epoch: 3, init: linear, reduction: sum}
+          init_args: {bits: 3, granularity: channel, weighting: fisher, start_epoch: 3}
 
 Note on ``reduction="sum"``: the centroid gradient grows with the cluster size, so an SGD learning rate
 tuned for dense training acts as a much larger step on big clusters; ``"mean"`` keeps the scale of a
@@ -39,59 +41,38 @@ single weight's gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch import nn
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_compress.callbacks._strategy import refuse_sharded_strategy
-from lightning_compress.callbacks._logging import log_histogram, log_scalars, log_text, tag
+from lightning_compress.callbacks._claims import Claim, claims
 from lightning_compress.callbacks._conflicts import check_compression_callbacks, check_mixed_units
-from lightning_compress.core.kmeans import INITS
-from lightning_compress.core.sharing import (
-    SharedWeight,
-    centroid_gradient,
-    cluster_weight,
-    decode,
-    index_bits,
-    index_dtype,
-    recenter,
-    sharing_rate,
-)
+from lightning_compress.callbacks._evaluate import validation_accuracy
+from lightning_compress.callbacks._logging import log_histogram, log_scalars, log_text, tag
+from lightning_compress.callbacks._plumbing import DeferredState, StepHook, unwrap_optimizer
+from lightning_compress.callbacks._sharing_calibration import fisher_diagonal, training_batches
+from lightning_compress.callbacks._sharing_layers import SharedLayer, projection_for, sharing_metrics, sync_optimizer_state
+from lightning_compress.callbacks._sharing_options import OWNER, SharingOptions
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
+from lightning_compress.core.sharing import SharedWeight, cluster_weight, codebook_size, rows_per_group
 from lightning_compress.core.targets import Target, find_targets, per_target_value
-from lightning_compress.schedules.events import EventSchedule
+from lightning_compress.validation import fail
 
 #: Deep Compression's choice for AlexNet/LeNet-5: 8 bits for conv layers, 5 for fully connected ones.
 DEFAULT_CONV_BITS = 8
 DEFAULT_FC_BITS = 5
-MAX_BITS = 16
-
-
-@dataclass
-class _Layer:
-    """A shared layer during fit: its parameter and codebook (on the parameter's device)."""
-
-    target: Target
-    bits: int
-    shared: SharedWeight
-
-    @property
-    def param(self) -> nn.Parameter:
-        return self.target.param
 
 
 class WeightSharing(Callback):
-    """Cluster each layer's weights into 2^bits shared values and fine-tune the centroids.
+    """Cluster each layer's weights into 2^bits shared values per codebook and fine-tune the centroids.
 
     Args:
         bits: bits per weight index, an int or ``{glob or type alias: int}`` (e.g. ``{"conv": 8, "linear": 5}``);
-            ``None`` means Deep Compression's conv 8 / fully connected 5. k = 2^bits centroids per layer, or
+            ``None`` means Deep Compression's conv 8 / fully connected 5. k = 2^bits centroids per codebook, or
             2^bits - 1 when the layer has pruned zeros (one of the 2^bits codes is zero's).
         start_epoch: epoch at whose start clustering happens (default 0 when ``start_step`` is not given).
         start_step: global step at which clustering happens instead (exclusive with ``start_epoch``).
@@ -104,6 +85,11 @@ class WeightSharing(Callback):
         evaluate: measure validation accuracy just before and just after clustering.
         eval_batches: validation batches used for that measurement (``None``: all).
         log_histograms: log each layer's weights (before clustering) and centroids as TensorBoard histograms.
+        granularity: ``"tensor"`` (one codebook per tensor, default), ``"channel"`` (one per output channel,
+            i.e. row of dim 0) or an int G (one per G output channels).
+        weighting: ``None`` (every weight counts equally) or ``"fisher"`` (importance-weighted k-means, the
+            importance being the mean squared training-loss gradient over ``calibration_batches`` batches).
+        calibration_batches: training batches for the Fisher importance.
     """
 
     def __init__(
@@ -123,38 +109,32 @@ class WeightSharing(Callback):
         evaluate: bool = True,
         eval_batches: int | None = 50,
         log_histograms: bool = True,
+        granularity: str | int = "tensor",
+        weighting: str | None = None,
+        calibration_batches: int = 8,
     ) -> None:
-        _check_bits(bits)
-        if start_epoch is not None and start_step is not None:
-            raise MisconfigurationException("WeightSharing: give start_epoch or start_step, not both")
-        if init not in INITS:
-            raise MisconfigurationException(f"WeightSharing: init must be one of {INITS}, got {init!r}")
-        if reduction not in ("sum", "mean"):
-            raise MisconfigurationException(f"WeightSharing: reduction must be 'sum' or 'mean', got {reduction!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise MisconfigurationException(f"WeightSharing: max_iter must be an int >= 1, got {max_iter!r}")
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
-            raise MisconfigurationException(f"WeightSharing: tol must be a number >= 0, got {tol!r}")
-        if eval_batches is not None and (isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1):
-            raise MisconfigurationException(f"WeightSharing: eval_batches must be >= 1 or None, got {eval_batches}")
-        unit, start = ("step", start_step) if start_step is not None else ("epoch", start_epoch or 0)
-        try:
-            self.schedule = EventSchedule(start=start, unit=unit, interval=layer_interval)
-        except ValueError as err:
-            name = {"start": f"start_{unit}", "interval": "layer_interval"}.get(str(err).split()[0], "schedule")
-            raise MisconfigurationException(f"WeightSharing: {name}: {err}") from err
+        self.options = SharingOptions.check(
+            bits=bits, start_epoch=start_epoch, start_step=start_step, layer_interval=layer_interval, init=init,
+            reduction=reduction, types=types, max_iter=max_iter, tol=tol, seed=seed, evaluate=evaluate,
+            eval_batches=eval_batches, log_histograms=log_histograms, granularity=granularity, weighting=weighting,
+            calibration_batches=calibration_batches,
+        )
+        self.schedule = self.options.schedule()
         self.bits = dict(bits) if isinstance(bits, Mapping) else bits
         self.start_epoch, self.start_step, self.layer_interval = start_epoch, start_step, layer_interval
         self.init, self.reduction = init, reduction
         self.include, self.exclude, self.types = include, exclude, types
         self.max_iter, self.tol, self.seed = max_iter, tol, seed
         self.evaluate, self.eval_batches, self.log_histograms = evaluate, eval_batches, log_histograms
+        self.granularity, self.weighting, self.calibration_batches = granularity, weighting, calibration_batches
 
-        self._targets: list[Target] = []
+        self.targets: list[Target] = []
         self._bits: dict[str, int] = {}
-        self._layers: dict[str, _Layer] = {}
-        self._pending_state: dict[str, Any] | None = None
-        self._hooked: dict[int, Any] = {}  # id(optimizer) -> hook handle
+        self._layers: dict[str, SharedLayer] = {}
+        self._deferred = DeferredState()
+        self._hook = StepHook(self._after_step)
+        self._synced: set[int] = set()  # ids of optimizers whose state is uniform inside every cluster
+        self._scan_zeros = True
         self.accuracy_before: float | None = None
         self.accuracy_after: float | None = None
 
@@ -169,39 +149,49 @@ class WeightSharing(Callback):
         """``{layer: SharedWeight}`` of the layers shared so far (live: centroids move during fine-tuning)."""
         return {name: layer.shared for name, layer in self._layers.items()}
 
+    @property
+    def _targets(self) -> list[Target]:  # read by callbacks/_conflicts.check_mixed_units until it reads claims
+        return self.targets
+
+    def describe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Claim:
+        """What this callback does: cluster each selected layer once (start == end), in epochs or steps."""
+        targets = self.targets or find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
+        times = self.schedule.times([t.name for t in targets])
+        return Claim(owner=OWNER, kind="share", unit=self.schedule.unit,
+                     layers={name: (float(t), float(t)) for name, t in times.items()}, done=frozenset(self._layers))
+
     # -- hooks, in the order a fit calls them ----------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded_strategy(trainer, "WeightSharing")
+        refuse_sharded_strategy(trainer, OWNER)
         check_compression_callbacks(trainer, pl_module, self, stage)
-        self._targets = find_targets(pl_module, self.include, self.exclude, self.types, owner="WeightSharing")
-        current = {t.name: t.param for t in self._targets}
+        self.targets = find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
+        current = {t.name: t.param for t in self.targets}
         stale = [name for name, layer in self._layers.items() if current.get(name) is not layer.param]
         if stale:  # reused on another model: its layers are not shared yet, start afresh
             for name in stale:
                 del self._layers[name]
             self.accuracy_before = self.accuracy_after = None
         for layer in self._layers.values():  # the model may have moved since the last fit: codebooks follow it
-            shared, device = layer.shared, layer.param.device
-            if shared.assignment.device != device:
-                layer.shared = SharedWeight(shared.centroids.to(device), shared.assignment.to(device))
+            if layer.shared.assignment.device != layer.param.device:
+                layer.shared = layer.shared.to(layer.param.device)
         if self.bits is None:
-            self._bits = {t.name: DEFAULT_CONV_BITS if t.is_conv else DEFAULT_FC_BITS for t in self._targets}
+            self._bits = {t.name: DEFAULT_CONV_BITS if t.is_conv else DEFAULT_FC_BITS for t in self.targets}
         else:
-            self._bits = per_target_value(self.bits, self._targets, owner="WeightSharing", what="bits")
+            self._bits = per_target_value(self.bits, self.targets, owner=OWNER, what="bits")
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Model weights are restored already; the optimizer not yet. Re-attach in on_fit_start.
-        self._pending_state = state_dict
+        # Model weights are restored already; the optimizer not yet. Re-attached in on_fit_start.
+        self._deferred.hold(state_dict)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending_state is not None:
-            self._restore(self._pending_state)
-            self._pending_state = None
-        for optimizer in trainer.optimizers:
-            self._ensure_hook(optimizer)
+        state = self._deferred.take()
+        if state is not None:
+            self._restore(state)
+        self._synced.clear()
+        self._hook.attach_all(trainer.optimizers)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -209,6 +199,7 @@ class WeightSharing(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._scan_zeros = True  # zeros written between epochs (by any callback) are absorbed at the next step
         if self.schedule.unit == "epoch":
             self._cluster_due(trainer, pl_module, trainer.current_epoch)
 
@@ -219,26 +210,31 @@ class WeightSharing(Callback):
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        optimizer = getattr(optimizer, "_optimizer", optimizer)
-        self._ensure_hook(optimizer)
+        optimizer = unwrap_optimizer(optimizer)
+        self._hook.attach(optimizer)
+        if id(optimizer) not in self._synced:
+            sync_optimizer_state(optimizer, self._layers.values())
+            self._synced.add(id(optimizer))
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        scan = self._scan_zeros or self._pruning_active(trainer, pl_module)
+        self._scan_zeros = False
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         with torch.no_grad():
             for name, layer in self._layers.items():
                 p = layer.param
                 if id(p) not in owned or p.grad is None:
                     continue
-                idx = self._absorb_new_zeros(layer)  # int64 codes, converted once for this step
-                g = centroid_gradient(p.grad, idx, layer.shared.k, self.reduction)
+                if scan or layer.representative_zeroed():
+                    layer.shared.absorb_zeros(p)
+                g = layer.shared.share_gradient(p.grad, self.reduction)
                 if scaler is None and not bool(torch.isfinite(g).all()):  # (a grad scaler skips such steps)
-                    raise FloatingPointError(f"WeightSharing: non-finite gradient (NaN/inf) for shared layer "
+                    raise FloatingPointError(f"{OWNER}: non-finite gradient (NaN/inf) for shared layer "
                                              f"{name} at step {trainer.global_step}; it would poison whole clusters")
-                p.grad.copy_(decode(g, idx.to(p.grad.device)))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._layers:
-            log_scalars(trainer, self._metrics())
+            log_scalars(trainer, sharing_metrics(self._layers))
             if self.log_histograms:
                 for name, layer in self._layers.items():
                     log_histogram(trainer, tag("sharing", "centroids", name), layer.shared.centroids)
@@ -247,232 +243,146 @@ class WeightSharing(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._layers:
             log_text(trainer, tag("sharing", "codebooks"), self._codebook_text())
-        self._remove_hooks(trainer)
+        self._hook.detach(trainer.optimizers)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks(trainer)
+        self._hook.detach(trainer.optimizers)
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "version": 1,
-            "layers": {
-                name: {
-                    "bits": layer.bits,
-                    "centroids": layer.shared.centroids.detach().cpu().clone(),
-                    "assignment": layer.shared.assignment.detach().cpu().clone(),
-                }
-                for name, layer in self._layers.items()
-            },
+            "version": 2,
+            "layers": {name: layer.state() for name, layer in self._layers.items()},
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
         }
 
     # -- clustering ----------------------------------------------------------------------------------
     def _cluster_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: int) -> None:
-        names = [t.name for t in self._targets]
-        due = self.schedule.due(names, progress, done=list(self._layers))
+        due = self.schedule.due([t.name for t in self.targets], progress, done=list(self._layers))
         if not due:
             return
-        by_name = {t.name: t for t in self._targets}
+        by_name = {t.name: t for t in self.targets}
         for name in due:  # all checked before any is clustered, so a failure leaves every layer untouched
             weight = by_name[name].param.detach()
             if not bool(torch.isfinite(weight).all()):
                 raise FloatingPointError(
-                    f"WeightSharing: layer {name} has {int((~torch.isfinite(weight)).sum())} non-finite weights "
+                    f"{OWNER}: layer {name} has {int((~torch.isfinite(weight)).sum())} non-finite weights "
                     f"(NaN/inf) at clustering ({self.schedule.unit} {progress}); k-means cannot place them")
-        before = self._accuracy(trainer, pl_module) if self.evaluate else None
-        metrics: dict[str, float] = {}
+        before = self._accuracy(trainer, pl_module)
+        importance = self._importance(trainer, pl_module, [by_name[n] for n in due])
         for name in due:
-            target = by_name[name]
-            bits = self._bits[name]
-            weight = target.param.detach()
-            if self.log_histograms and bool((weight != 0).any()):
-                log_histogram(trainer, tag("sharing", "weights_before", name), weight[weight != 0])
-            # b bits name 2^b codes. A pruned layer spends one on its zeros (the file's pruned/filler code too),
-            # so 8-bit assignments stay one byte per weight in memory and exactly 8 bits on disk.
-            k = 2**bits - int(bool((weight == 0).any()))
-            shared = cluster_weight(weight, k, init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol)
-            # Identical weights give identical codebooks on every rank; broadcasting makes it a guarantee.
-            shared = trainer.strategy.broadcast(shared, src=0)
-            self._attach(target, bits, shared)
-            if self.log_histograms and shared.k:
-                log_histogram(trainer, tag("sharing", "centroids", name), shared.centroids)
-        after = self._accuracy(trainer, pl_module) if self.evaluate else None
+            self._cluster(trainer, by_name[name], importance.get(name))
+        sync_optimizer_state_all(trainer.optimizers, [self._layers[n] for n in due])
+        after = self._accuracy(trainer, pl_module)
+        metrics: dict[str, float] = {}
         if before is not None and after is not None:
             self.accuracy_before, self.accuracy_after = before, after
-            metrics.update({
-                tag("sharing", "accuracy_before"): before,
-                tag("sharing", "accuracy_after"): after,
-                tag("sharing", "accuracy_drop"): before - after,
-            })
-        metrics.update(self._metrics())
+            metrics.update({tag("sharing", "accuracy_before"): before, tag("sharing", "accuracy_after"): after,
+                            tag("sharing", "accuracy_drop"): before - after})
+        metrics.update(sharing_metrics(self._layers))
         log_scalars(trainer, metrics)
         log_text(trainer, tag("sharing", "codebooks"), self._codebook_text())
         acc = f"; accuracy {before:.4f} -> {after:.4f}" if before is not None and after is not None else ""
-        rank_zero_info(
-            f"WeightSharing: clustered {', '.join(f'{n} ({self._layers[n].shared.k} centroids)' for n in due)} "
-            f"at {self.schedule.unit} {progress}{acc}"
-        )
+        listed = ", ".join(f"{n} ({self._layers[n].describe()})" for n in due)
+        rank_zero_info(f"{OWNER}: clustered {listed} at {self.schedule.unit} {progress}{acc}")
+
+    def _cluster(self, trainer: pl.Trainer, target: Target, importance: torch.Tensor | None) -> None:
+        weight = target.param.detach()
+        if self.log_histograms and bool((weight != 0).any()):
+            log_histogram(trainer, tag("sharing", "weights_before", target.name), weight[weight != 0])
+        bits = self._bits[target.name]
+        k = codebook_size(bits, has_pruned=bool((weight == 0).any()))
+        shared = cluster_weight(weight, k, init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol,
+                                granularity=self.granularity, importance=importance)
+        # Identical weights give identical codebooks on every rank; broadcasting makes it a guarantee.
+        shared = trainer.strategy.broadcast(shared, src=0)
+        self._attach(target, bits, shared)
+        if self.log_histograms and shared.k:
+            log_histogram(trainer, tag("sharing", "centroids", target.name), shared.centroids)
+
+    def _importance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, targets: list[Target]) -> dict[str, torch.Tensor]:
+        if self.weighting != "fisher":
+            return {}
+        batches = training_batches(trainer, self.calibration_batches)
+        fisher = fisher_diagonal(pl_module, [t.param for t in targets], batches)
+        return {t.name: f for t, f in zip(targets, fisher)}
 
     def _attach(self, target: Target, bits: int, shared: SharedWeight) -> None:
         """Make ``target`` a shared layer: keep its codebook on the parameter's device and write W = C[I]."""
-        p = target.param
-        shared = SharedWeight(shared.centroids.to(p.device), shared.assignment.to(p.device))
-        with torch.no_grad():
-            p.copy_(shared.decode().to(p.dtype))
-        self._layers[target.name] = _Layer(target, bits, shared)
+        layer = SharedLayer(target, bits, shared.to(target.param.device))
+        layer.write_weights()
+        self._layers[target.name] = layer
 
     def _restore(self, state: Mapping[str, Any]) -> None:
-        by_name = {t.name: t for t in self._targets}
+        by_name = {t.name: t for t in self.targets}
         for name, entry in state.get("layers", {}).items():
             if name not in by_name:
-                raise MisconfigurationException(
-                    f"WeightSharing: checkpoint has a codebook for {name!r}, which is not a selected layer"
-                )
+                fail(OWNER, f"checkpoint has a codebook for {name!r}, which is not a selected layer")
             target = by_name[name]
-            if tuple(entry["assignment"].shape) != tuple(target.param.shape):
-                raise MisconfigurationException(
-                    f"WeightSharing: checkpoint assignment of {name!r} has shape {tuple(entry['assignment'].shape)}, "
-                    f"the layer {tuple(target.param.shape)}"
-                )
-            centroids, assignment, bits = entry["centroids"], entry["assignment"], int(entry["bits"])
-            k = centroids.numel()
-            if k > 2**bits or (assignment.numel() and int(assignment.max()) > k) or not bool(torch.isfinite(centroids).all()):
-                raise MisconfigurationException(
-                    f"WeightSharing: checkpoint codebook of {name!r} is inconsistent ({k} centroids for {bits} bits, "
-                    f"largest code {int(assignment.max()) if assignment.numel() else None}); corrupted checkpoint?")
-            self._attach(target, bits, SharedWeight(centroids, assignment))
+            shared, bits = SharedLayer.read_state(name, entry, tuple(target.param.shape))
+            self._attach(target, bits, shared)
+            self._check_changed_settings(name, bits, shared)
         self.accuracy_before = state.get("accuracy_before")
         self.accuracy_after = state.get("accuracy_after")
 
-    # -- keeping the invariant after every optimizer step --------------------------------------------
-    def _ensure_hook(self, optimizer: torch.optim.Optimizer) -> None:
-        """Register the projection on ``optimizer`` once (optimizers may be rebuilt mid-fit)."""
-        if id(optimizer) in self._hooked:
+    def _check_changed_settings(self, name: str, old_bits: int, shared: SharedWeight) -> None:
+        """A layer clustered with other bits or codebook groups than asked now is clustered again (from its
+        current weights, at the next clustering point) - never kept with more values than the new k allows."""
+        new_bits = self._bits.get(name, old_bits)
+        new_rows = rows_per_group(self._layers[name].param.shape, self.granularity)
+        changes = []
+        if new_bits != old_bits:
+            changes.append(f"bits {old_bits} -> {new_bits}")
+        if new_rows != shared.rows_per_group:
+            changes.append(f"rows per codebook {shared.rows_per_group} -> {new_rows} (granularity={self.granularity!r})")
+        if not changes:
             return
-        if any(fn == self._after_step for fn in optimizer._optimizer_step_post_hooks.values()):
-            self._hooked[id(optimizer)] = None  # carried over by an optimizer rebuild; removed in _remove_hooks
-        else:
-            self._hooked[id(optimizer)] = optimizer.register_step_post_hook(self._after_step)
+        del self._layers[name]
+        note = (f"; raising the bits cannot bring back values merged before: it holds at most {shared.k} distinct "
+                "values per codebook now" if new_bits > old_bits else "")
+        rank_zero_info(f"{OWNER}: {name} in the checkpoint differs from the settings ({'; '.join(changes)}): "
+                       f"re-clustering it from its current weights at the next clustering point{note}")
 
-    def _remove_hooks(self, trainer: pl.Trainer | None = None) -> None:
-        for handle in self._hooked.values():
-            if handle is not None:
-                handle.remove()
-        self._hooked.clear()
-        for opt in trainer.optimizers if trainer is not None else []:  # copies on rebuilt optimizers
-            hooks = opt._optimizer_step_post_hooks
-            for key in [k for k, fn in hooks.items() if fn == self._after_step]:
-                del hooks[key]
-
+    # -- keeping the invariant after every optimizer step --------------------------------------------
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        with torch.no_grad():
-            for layer in self._layers.values():
-                p = layer.param
-                if id(p) not in owned:
-                    continue
-                shared = layer.shared
-                idx = shared.index()  # one int64 conversion shared by both passes
-                shared.centroids = recenter(p, idx, shared.k).to(shared.centroids.dtype)
-                p.copy_(decode(shared.centroids, idx).to(p.dtype))
+        projection = projection_for(optimizer, synced=id(optimizer) in self._synced)
+        for layer in self._layers.values():
+            if id(layer.param) in owned:
+                layer.shared.project(layer.param, projection)
 
-    @staticmethod
-    def _absorb_new_zeros(layer: _Layer) -> torch.Tensor:
-        """Weights zeroed since clustering (e.g. by a pruning callback) become pruned positions.
-
-        Returns the (updated) assignment as int64, so the caller converts it only once per step.
-        """
-        shared = layer.shared
-        codes = shared.index()
-        newly = (layer.param == 0) & (codes != shared.k)
-        if bool(newly.any()):
-            codes[newly] = shared.k
-            shared.assignment = codes.to(index_dtype(shared.k + 1))
-        return codes
+    def _pruning_active(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Whether a pruning callback may still zero weights of a shared layer (then new zeros are looked for
+        at every step; otherwise once per epoch)."""
+        for _, claim in claims(trainer, pl_module):
+            if claim.kind != "prune" or claim.posthoc:
+                continue
+            now = trainer.current_epoch if claim.unit == "epoch" else trainer.global_step
+            if any(name in self._layers and end >= now for name, (_, end) in claim.layers.items()):
+                return True
+        return False
 
     # -- measuring -----------------------------------------------------------------------------------
-    def _metrics(self) -> dict[str, float]:
-        m: dict[str, float] = {}
-        stored_bits = raw_bits = weights = 0
-        for name, layer in self._layers.items():
-            k = layer.shared.k
-            n = int((layer.shared.assignment.long() != k).sum())
-            m[tag("bits", name)] = index_bits(k)
-            m[tag("codebook_size", name)] = k
-            m[tag("sharing_rate", name)] = sharing_rate(n, k)
-            if k:
-                stored_bits += n * index_bits(k) + 32 * k
-                raw_bits += 32 * n
-                weights += n
-        if weights:
-            m[tag("sharing", "bits_per_weight")] = stored_bits / weights
-            m[tag("sharing_rate")] = raw_bits / stored_bits
-        return m
-
     def _codebook_text(self) -> str:
         lines = []
         for name, layer in self._layers.items():
-            c = ", ".join(f"{v:.5g}" for v in layer.shared.centroids.tolist())
-            lines.append(f"**{name}** ({layer.shared.k} centroids, {layer.bits} bits): {c}")
+            c = layer.shared.centroids
+            shown = ", ".join(f"{v:.5g}" for v in c[0].tolist())
+            more = f" (first of {c.shape[0]} codebooks)" if c.shape[0] > 1 else ""
+            lines.append(f"**{name}** ({layer.describe()}){more}: {shown}")
         return "  \n".join(lines)
 
     def _accuracy(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float | None:
-        """Top-1 accuracy on up to ``eval_batches`` validation batches, or ``None`` when there is none."""
-        loaders = _val_loaders(trainer)
-        if not loaders:
+        if not self.evaluate:
             return None
-        was_training = pl_module.training
-        pl_module.eval()
-        correct = torch.zeros((), dtype=torch.float64)
-        total = torch.zeros((), dtype=torch.float64)
-        seen = 0
-        try:
-            with torch.no_grad():
-                for batch in loaders[0]:
-                    if self.eval_batches is not None and seen >= self.eval_batches:
-                        break
-                    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and torch.is_tensor(batch[1])):
-                        rank_zero_warn("WeightSharing: validation batches are not (x, y); accuracy not measured")
-                        return None
-                    x, y = (t.to(pl_module.device) if torch.is_tensor(t) else t for t in batch)
-                    logits = pl_module(x)
-                    correct += float((logits.argmax(-1) == y).sum())
-                    total += y.numel()
-                    seen += 1
-        finally:
-            pl_module.train(was_training)
-        correct = trainer.strategy.reduce(correct.to(pl_module.device), reduce_op="sum")
-        total = trainer.strategy.reduce(total.to(pl_module.device), reduce_op="sum")
-        return float(correct) / float(total) if float(total) else None
+        return validation_accuracy(trainer, pl_module, OWNER, max_batches=self.eval_batches)
 
 
-def _val_loaders(trainer: pl.Trainer) -> list:
-    loaders = trainer.val_dataloaders
-    if loaders is None:
-        try:  # not loaded yet (no sanity check, clustering before the first validation)
-            trainer.fit_loop.epoch_loop.val_loop.setup_data()
-        except Exception:  # noqa: BLE001 - no validation configured is a normal case
-            return []
-        loaders = trainer.val_dataloaders
-    if loaders is None:
-        return []
-    if isinstance(loaders, (list, tuple)):
-        return list(loaders)
-    if isinstance(loaders, Mapping):
-        return list(loaders.values())
-    return [loaders]
-
-
-def _check_bits(bits: Any) -> None:
-    values = bits.values() if isinstance(bits, Mapping) else [bits]
-    if bits is None:
-        return
-    for b in values:
-        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BITS:
-            raise MisconfigurationException(f"WeightSharing: bits must be integers in [1, {MAX_BITS}], got {bits!r}")
+def sync_optimizer_state_all(optimizers: Sequence[Any], layers: Sequence[SharedLayer]) -> None:
+    for optimizer in optimizers:
+        sync_optimizer_state(unwrap_optimizer(optimizer), layers)
 
 
 __all__ = ["WeightSharing"]

@@ -225,36 +225,89 @@ def kmeans_1d(
     s1, s2 = _prefix_sum(x64), _prefix_sum(x64 * x64)
     n = x64.numel()
     tol_abs = tol * max(0.0, float(s2[n] / n - (s1[n] / n) ** 2)) if tol > 0 else 0.0  # tol * variance
-    bounds = None
-    converged, n_iter = False, 0
-    for n_iter in range(1, max_iter + 1):
+    c, n_iter, converged = _lloyd(x64, s1, c, max_iter, tol_abs)
+    c, bounds = _drop_empty(x64, c)
+    lo, hi = bounds[:-1], bounds[1:]
+    labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
+    # Inertia from prefix sums: sum over cells of S2 - 2 c S1 + c^2 n (float64, no pass over the data).
+    inertia = float(((s2[hi] - s2[lo]) - 2 * c * (s1[hi] - s1[lo]) + c * c * (hi - lo)).sum().clamp_min(0))
+    out, labels = _cast_distinct(c, labels, out_dtype)
+    return KMeansResult(out, labels, inertia, n_iter, converged)
+
+
+def _segment_sums(x64: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """Sum of each cell ``bounds[j]:bounds[j+1]`` added up inside the cell (empty cells give 0).
+
+    Prefix-sum differences cancel catastrophically for a cell of tiny values after a long run of large ones
+    (a subnormal next to -1 sums to exactly -1); summing each cell on its own has no such error.
+    """
+    lo, hi = bounds[:-1], bounds[1:]
+    nonempty = hi > lo
+    out = x64.new_zeros(lo.numel())
+    if x64.device.type == "cpu":  # the non-empty cells tile [0, n): one reduceat pass
+        out[nonempty] = torch.from_numpy(np.add.reduceat(x64.numpy(), lo[nonempty].numpy()))
+    else:
+        out[nonempty] = torch.segment_reduce(x64, "sum", lengths=(hi - lo)[nonempty])
+    return out
+
+
+def _lloyd(x64: torch.Tensor, s1: torch.Tensor, c: torch.Tensor, max_iter: int, tol_abs: float):
+    """Lloyd iterations on sorted data; returns (centroids, iterations, converged).
+
+    Cell sums come from prefix sums (O(k) per iteration) until the assignment stops changing or repeats
+    (a cycle); from then on they are summed inside each cell (O(n), usually one iteration). Prefix-sum
+    differences cancel catastrophically for a cell of tiny values after a long run of large ones (a subnormal
+    after -1 sums to exactly -1), which can leave a centroid off its cell's mean, two clusters on one value,
+    or an assignment that never settles; the exact iterations make the result a true Lloyd fixed point.
+    """
+    n = x64.numel()
+    bounds, exact, seen = None, False, set()
+    for it in range(1, max_iter + 1):
         new_bounds = _cell_bounds(x64, c)
         if bounds is not None and torch.equal(new_bounds, bounds):
-            converged = True  # assignment unchanged: the centroids are the means already
-            n_iter -= 1
-            break
+            if exact:
+                return c, it - 1, True  # assignment unchanged under exact means: a fixed point
+            exact = True  # settled under prefix sums: confirm with exact cell sums
+        elif not exact:
+            key = new_bounds.numpy().tobytes() if new_bounds.device.type == "cpu" else tuple(new_bounds.tolist())
+            exact = key in seen  # a cycle: only exact sums can settle it
+            seen.add(key)
         bounds = new_bounds
         lo, hi = bounds[:-1], bounds[1:]
         cnt = (hi - lo).double()
-        sums = s1[hi] - s1[lo]
-        if bool((cnt == 0).any()):
+        sums = _segment_sums(x64, bounds) if exact else s1[hi] - s1[lo]
+        filled = cnt > 0
+        if not bool(filled.all()):
             _relocate_empty(x64, c, bounds, sums, cnt)
-        new_c = torch.where(cnt > 0, sums / cnt.clamp_min(1), c)
+        means = sums / cnt.clamp_min(1)
+        # a cell's mean lies within its data range; clamping there removes rounding that would cross it
+        inside = torch.minimum(torch.maximum(means, x64[lo.clamp_max(n - 1)]), x64[(hi - 1).clamp_min(0)])
+        new_c = torch.where(cnt > 0, torch.where(filled, inside, means), c)
         shift = float(((new_c - c) ** 2).sum())
         c = torch.sort(new_c)[0]
-        if shift <= tol_abs:
-            converged = True
-            break
+        if tol_abs > 0 and shift <= tol_abs:
+            return c, it, True
+    return c, max_iter, False
 
-    # Final assignment with the final centroids; drop clusters that ended up empty.
+
+def _drop_empty(x64: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids without members removed, and the cells of the rest (an empty cell holds no point, so
+    removing its centroid moves no point to another cell)."""
     bounds = _cell_bounds(x64, c)
     keep = bounds[1:] > bounds[:-1]
+    if bool(keep.all()):
+        return c, bounds
     c = c[keep]
-    labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
-    lo, hi = bounds[:-1][keep], bounds[1:][keep]
-    # Inertia from prefix sums: sum over cells of S2 - 2 c S1 + c^2 n (float64, no pass over the data).
-    inertia = float(((s2[hi] - s2[lo]) - 2 * c * (s1[hi] - s1[lo]) + c * c * (hi - lo)).sum().clamp_min(0))
-    return KMeansResult(c.to(out_dtype), labels, inertia, n_iter, converged)
+    return c, _cell_bounds(x64, c)
+
+
+def _cast_distinct(c: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids in ``dtype``; centroids that round to one value are merged (labels remapped)."""
+    out = c.to(dtype)
+    uniq, inverse = torch.unique_consecutive(out, return_inverse=True)
+    if uniq.numel() == out.numel():
+        return out, labels
+    return uniq, inverse[labels]
 
 
 def inertia(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> float:

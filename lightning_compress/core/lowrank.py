@@ -27,11 +27,13 @@ Pure torch: no Lightning here.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from lightning_compress.core.lowrank_modules import FACTORIZED_TYPES, LowRankLinear, TuckerConv2d
 
 RuleKind = Literal["energy", "rank", "ratio"]
 LayerKind = Literal["svd", "tucker2"]
@@ -40,79 +42,6 @@ LayerKind = Literal["svd", "tucker2"]
 PRUNED_ZERO_FRACTION = 0.01
 #: A layer with at most this many distinct values (and far fewer than its size) is treated as shared.
 SHARED_MAX_DISTINCT = 256
-
-
-# --------------------------------------------------------------------------------------------- modules
-class LowRankLinear(nn.Module):
-    """``second(first(x))``: ``first`` is ``in -> rank`` without bias, ``second`` is ``rank -> out`` with the bias."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
-        super().__init__()
-        if not 1 <= rank <= min(in_features, out_features):
-            raise ValueError(f"rank must be in [1, {min(in_features, out_features)}], got {rank}")
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
-        self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.second(self.first(x))
-
-    def dense_weight(self) -> Tensor:
-        """The ``out x in`` matrix this pair computes (for inspection; not used in forward)."""
-        return self.second.weight @ self.first.weight
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-
-
-class TuckerConv2d(nn.Module):
-    """Tucker-2 conv: ``last(core(first(x)))`` = 1x1 (C_in -> r_in), kh x kw (r_in -> r_out), 1x1 (r_out -> C_out).
-
-    The 1x1 ``first`` conv commutes with any padding mode (it is pointwise), so padding, stride and
-    dilation all sit on ``core``; the bias sits on ``last``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: tuple[int, int],
-        ranks: tuple[int, int],
-        stride=1,
-        padding=0,
-        dilation=1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
-    ):
-        super().__init__()
-        r_in, r_out = ranks
-        if not (1 <= r_in <= in_channels and 1 <= r_out <= out_channels):
-            raise ValueError(f"ranks must be in [1, {in_channels}] x [1, {out_channels}], got {ranks}")
-        self.in_channels, self.out_channels, self.ranks = in_channels, out_channels, (int(r_in), int(r_out))
-        kw = dict(device=device, dtype=dtype)
-        self.first = nn.Conv2d(in_channels, r_in, 1, bias=False, **kw)
-        self.core = nn.Conv2d(
-            r_in, r_out, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=False,
-            padding_mode=padding_mode, **kw,
-        )
-        self.last = nn.Conv2d(r_out, out_channels, 1, bias=bias, **kw)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.last(self.core(self.first(x)))
-
-    def dense_weight(self) -> Tensor:
-        """The ``C_out x C_in x kh x kw`` kernel this chain computes."""
-        u_in = self.first.weight[:, :, 0, 0]  # r_in x C_in
-        u_out = self.last.weight[:, :, 0, 0]  # C_out x r_out
-        return torch.einsum("or,rskl,si->oikl", u_out, self.core.weight, u_in)
-
-    def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, ranks={self.ranks}"
-
-
-FACTORIZED_TYPES = (LowRankLinear, TuckerConv2d)
 
 
 # --------------------------------------------------------------------------------------------- rank rules
@@ -400,10 +329,6 @@ def dense_shell(module: LowRankLinear | TuckerConv2d) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------- model surgery
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
-
-
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` at dotted ``name`` inside ``model``."""
     parent_name, _, child = name.rpartition(".")
@@ -430,7 +355,7 @@ def apply_factorization_plan(model: nn.Module, plan: Iterable[FactorizedLayer | 
         rec = rec if isinstance(rec, FactorizedLayer) else FactorizedLayer.from_dict(rec)
         if not rec.applied:
             continue
-        current = get_module(model, rec.name)
+        current = model.get_submodule(rec.name)
         if isinstance(current, FACTORIZED_TYPES):
             have = (current.rank,) if isinstance(current, LowRankLinear) else current.ranks
             if tuple(have) != tuple(rec.ranks):

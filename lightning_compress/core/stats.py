@@ -19,12 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from lightning_compress.core.bits import FLOAT_BITS, MAX_INDEX_BITS, MAX_SHARED_VALUES, index_bits
 from lightning_compress.core.targets import Target, find_targets
-
-#: A layer with at most this many distinct non-zero values is treated as shared (8-bit codebook indices).
-MAX_SHARED_VALUES = 256
-FLOAT_BITS = 32
-MAX_INDEX_BITS = 16
 
 
 @dataclass
@@ -39,6 +35,7 @@ class LayerStats:
     index_bits: int  # relative-index width of the sparse encoding, 0 when stored dense
     dense_bytes: int
     compressed_bytes: int
+    aliases: tuple[str, ...] = ()  # the tensor's other names when it is tied (counted once, under ``name``)
 
     @property
     def sparsity(self) -> float:
@@ -98,8 +95,9 @@ class ModelStats:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in self.layers:
+            label = s.name + (f" (tied: {', '.join(s.aliases)})" if s.aliases else "")
             rows.append(
-                f"| {s.name} | {'x'.join(map(str, s.shape))} | {s.numel:,} | {100 * (1 - s.sparsity):.2f} | "
+                f"| {label} | {'x'.join(map(str, s.shape))} | {s.numel:,} | {100 * (1 - s.sparsity):.2f} | "
                 f"{s.bits} | {s.index_bits or '-'} | {s.dense_bytes:,} | {s.compressed_bytes:,} | {s.ratio:.1f}x |"
             )
         if self.other_numel:
@@ -110,11 +108,6 @@ class ModelStats:
             f"{self.dense_bytes:,} | {self.compressed_bytes:,} | **{self.ratio:.1f}x** |"
         )
         return "\n".join(rows)
-
-
-def _bits_for(symbols: int) -> int:
-    """Fixed-width code length for an alphabet of ``symbols`` (at least one bit)."""
-    return max(1, math.ceil(math.log2(symbols))) if symbols > 1 else 1
 
 
 def sparse_entries(flat_nonzero_positions: torch.Tensor, index_bits: int) -> int:
@@ -131,7 +124,7 @@ def sparse_entries(flat_nonzero_positions: torch.Tensor, index_bits: int) -> int
     return int(torch.div(gaps + span - 1, span, rounding_mode="floor").sum())
 
 
-def layer_stats(name: str, weight: torch.Tensor) -> LayerStats:
+def layer_stats(name: str, weight: torch.Tensor, aliases: Sequence[str] = ()) -> LayerStats:
     """Count non-zeros and distinct values of one tensor and estimate its compressed size in bytes."""
     w = weight.detach().reshape(-1)
     numel = w.numel()
@@ -144,7 +137,7 @@ def layer_stats(name: str, weight: torch.Tensor) -> LayerStats:
 
     # Values: codebook indices (the codebook itself stored as floats) or raw floats.
     if shared:
-        value_bits = _bits_for(distinct + (1 if has_zeros else 0))
+        value_bits = index_bits(distinct + (1 if has_zeros else 0))
         codebook_bits = distinct * FLOAT_BITS
     else:
         value_bits, codebook_bits = FLOAT_BITS, 0
@@ -164,21 +157,26 @@ def layer_stats(name: str, weight: torch.Tensor) -> LayerStats:
         nonzeros=nonzeros,
         distinct=distinct,
         shared=shared,
-        bits=_bits_for(distinct) if shared else FLOAT_BITS,
+        bits=index_bits(distinct) if shared else FLOAT_BITS,
         index_bits=best_index,
         dense_bytes=numel * FLOAT_BITS // 8,
         compressed_bytes=math.ceil(total_bits / 8),
+        aliases=tuple(aliases),
     )
 
 
 def model_stats(model: nn.Module, targets: Sequence[Target] | None = None) -> ModelStats:
-    """Per-layer and total statistics. ``targets`` defaults to every Linear/Conv weight of ``model``."""
+    """Per-layer and total statistics. ``targets`` defaults to every weight matrix (``find_targets``).
+
+    Each tensor counts once, however many modules share it (a tied embedding and LM head is one layer).
+    """
     if targets is None:
         try:
             targets = find_targets(model, owner="model_stats")
         except ValueError:
             targets = []
-    layers = [layer_stats(t.name, t.param) for t in targets]
-    counted = {id(t.param) for t in targets}
+    unique = list({id(t.param): t for t in reversed(list(targets))}.values())[::-1]
+    layers = [layer_stats(t.name, t.param, t.aliases) for t in unique]
+    counted = {id(t.param) for t in unique}
     other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
     return ModelStats(layers=layers, other_numel=other)

@@ -31,11 +31,21 @@ class ArchitectureMismatchError(CompressedFileError):
     """The file's tensor names, shapes or dtypes differ from the model it is loaded into."""
 
 
+class MemoryLimitError(CompressedFileError):
+    """Decoding the file would need more memory than the reader's limit (``max_bytes``, or the model's size)."""
+
+
+class UnsafeCheckpointError(CompressedFileError):
+    """A checkpoint holds objects that only unpickling arbitrary code could rebuild; it is not loaded."""
+
+
 __all__ = [
     "ArchitectureMismatchError",
     "CompressedFileError",
     "CorruptedFileError",
+    "MemoryLimitError",
     "NotCompressedFileError",
     "TruncatedFileError",
+    "UnsafeCheckpointError",
     "UnsupportedVersionError",
 ]

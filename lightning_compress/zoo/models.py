@@ -7,7 +7,7 @@ constructor arguments, which LightningCLI exposes in YAML.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -17,6 +17,31 @@ from torch.nn import functional as F
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 SchedulerName = Literal["none", "cosine", "step", "exponential"]
+
+
+def make_optimizers(module: pl.LightningModule, hp) -> Any:
+    """The optimizer (and epoch-wise LR scheduler) named by ``hp`` for ``module``: shared by every zoo model."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if hp.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    elif hp.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    elif hp.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be one of sgd, adam, adamw; got {hp.optimizer!r}")
+    if hp.lr_scheduler == "none":
+        return opt
+    if hp.lr_scheduler == "cosine":
+        max_epochs = module.trainer.max_epochs if module._trainer is not None and module.trainer.max_epochs else 10
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
+    elif hp.lr_scheduler == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=hp.gamma)
+    elif hp.lr_scheduler == "exponential":
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.gamma)
+    else:
+        raise ValueError(f"lr_scheduler must be one of none, cosine, step, exponential; got {hp.lr_scheduler!r}")
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 class ImageClassifier(pl.LightningModule):
@@ -64,28 +89,7 @@ class ImageClassifier(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        else:
-            raise ValueError(f"optimizer must be one of sgd, adam, adamw; got {hp.optimizer!r}")
-        if hp.lr_scheduler == "none":
-            return opt
-        if hp.lr_scheduler == "cosine":
-            max_epochs = self.trainer.max_epochs if self._trainer is not None and self.trainer.max_epochs else 10
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
-        elif hp.lr_scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.step_size, gamma=hp.gamma)
-        elif hp.lr_scheduler == "exponential":
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.gamma)
-        else:
-            raise ValueError(f"lr_scheduler must be one of none, cosine, step, exponential; got {hp.lr_scheduler!r}")
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return make_optimizers(self, self.hparams)
 
 
 class LeNet300100(ImageClassifier):
@@ -126,4 +130,4 @@ class LeNet5(ImageClassifier):
         return self.fc2(x)
 
 
-__all__ = ["ImageClassifier", "LeNet300100", "LeNet5"]
+__all__ = ["ImageClassifier", "LeNet300100", "LeNet5", "make_optimizers"]

@@ -16,6 +16,8 @@ from lightning_compress.validation import fail
 MODELS: dict[str, str] = {
     "LeNet300100": "lightning_compress.zoo.models.LeNet300100",
     "LeNet5": "lightning_compress.zoo.models.LeNet5",
+    "TinyGPT": "lightning_compress.zoo.tinygpt.TinyGPT",
+    "ResNet": "lightning_compress.zoo.resnet.ResNet",
 }
 
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightning_compress.core.bitstream import BitstreamError, ByteReader, pack_codes, pack_fixed, unpack_fixed, windows
-from lightning_compress.core.bitstream import encode_varint, varint_size
+from lightning_compress.format.bitstream import BitstreamError, ByteReader, encode_varint, pack_codes, pack_fixed
+from lightning_compress.format.bitstream import unpack_fixed, varint_size
+from lightning_compress.format.huffman_decode import decode_canonical
 
 #: Longest code allowed. 2**20 table entries at decode time; alphabets here are at most 2**16 symbols.
 MAX_CODE_LENGTH = 20
@@ -173,28 +174,8 @@ class HuffmanCode:
         used = int(reps.sum())
         table_sym[:used] = np.repeat(self.symbols, reps)
         table_len[:used] = np.repeat(self.lengths, reps)
-        win = windows(buf, nbits, top)
-        len_at = table_len[win]
-        # next code start from each bit position; invalid or overrunning codes go to the sink ``nbits``.
-        nxt = np.empty(nbits + 1, dtype=np.int64)
-        nxt[:nbits] = np.arange(nbits) + len_at
-        nxt[:nbits][(len_at == 0) | (nxt[:nbits] > nbits)] = nbits
-        nxt[nbits] = nbits
-        # pos[i] = nxt^i(0), by binary decomposition of i (pointer doubling).
-        pos = np.zeros(count, dtype=np.int64)
-        idx = np.arange(count, dtype=np.int64)
-        jump, k = nxt, 0
-        while (1 << k) < count:
-            sel = ((idx >> k) & 1).astype(bool)
-            pos[sel] = jump[pos[sel]]
-            k += 1
-            if (1 << k) < count:
-                jump = jump[jump]
-        if pos[-1] >= nbits or np.any(len_at[np.minimum(pos, nbits - 1)] == 0) or np.any(pos >= nbits):
-            raise BitstreamError("Huffman stream holds an invalid code or ends early")
-        if pos[-1] + len_at[pos[-1]] != nbits:
-            raise BitstreamError(f"Huffman stream does not end after {count} symbols")
-        return table_sym[win[pos]]
+        step = int(np.gcd.reduce(self.lengths))
+        return decode_canonical(buf, nbits, count, top, table_sym, table_len, step)
 
     # ---- serialisation: max length, codes per length, symbols in canonical order ----
 
@@ -227,9 +208,10 @@ class HuffmanCode:
             lengths = np.zeros(1, dtype=np.int64)
         else:
             per_length = [reader.varint() for _ in range(top)]
-            lengths = np.repeat(np.arange(1, top + 1, dtype=np.int64), per_length)
-            if lengths.size == 0 or lengths.size > (1 << symbol_bits) or per_length[-1] == 0:
+            # checked as Python ints before anything is allocated: a forged count may be 2**69
+            if not 0 < sum(per_length) <= min(1 << symbol_bits, 8 * reader.remaining) or per_length[-1] == 0:
                 raise BitstreamError("invalid Huffman table (symbol counts)")
+            lengths = np.repeat(np.arange(1, top + 1, dtype=np.int64), per_length)
             if int(np.left_shift(1, top - lengths).sum()) > (1 << top):
                 raise BitstreamError("invalid Huffman table (violates the Kraft inequality)")
         n = int(lengths.size)

@@ -23,14 +23,23 @@ class BitstreamError(ValueError):
 
 def pack_fixed(values: np.ndarray, width: int) -> bytes:
     """Pack unsigned integers at ``width`` bits each (MSB first), padded with zero bits to a whole byte."""
-    values = np.asarray(values, dtype=np.uint64).reshape(-1)
+    values = np.asarray(values).reshape(-1)
     if width == 0 or values.size == 0:
         return b""
-    if width > 64:
-        raise ValueError(f"width must be <= 64, got {width}")
-    shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
-    bits = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bits.reshape(-1)).tobytes()
+    if not 0 < width <= 64:
+        raise ValueError(f"width must be in [1, 64], got {width}")
+    return pack_codes(values, np.full(values.size, width, dtype=np.int64))[0]
+
+
+def byte_words(buf: bytes | memoryview, nbytes: int) -> np.ndarray:
+    """``out[i]`` = the 32 bits starting at byte ``i`` (big-endian, zeros past ``nbytes``), as uint64."""
+    b = np.zeros(nbytes + 3, dtype=np.uint32)
+    b[:nbytes] = np.frombuffer(buf, dtype=np.uint8, count=nbytes)
+    words = b[:-3] << 24
+    words |= b[1:-2] << 16
+    words |= b[2:-1] << 8
+    words |= b[3:]
+    return words.astype(np.uint64)
 
 
 def unpack_fixed(buf: bytes | memoryview, width: int, count: int) -> np.ndarray:
@@ -40,50 +49,59 @@ def unpack_fixed(buf: bytes | memoryview, width: int, count: int) -> np.ndarray:
     need = (count * width + 7) // 8
     if len(buf) < need:
         raise BitstreamError(f"fixed-width stream needs {need} bytes, got {len(buf)}")
+    if width <= MAX_WINDOW_BITS:
+        words = byte_words(buf, need)
+        p = np.arange(0, count * width, width, dtype=np.int64)
+        shift = (32 - width - (p & 7)).astype(np.uint64)
+        return ((words[p >> 3] >> shift) & np.uint64((1 << width) - 1)).astype(np.int64)
     bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8, count=need))[: count * width]
-    bits = bits.reshape(count, width).astype(np.int64)
-    weights = np.left_shift(np.int64(1), np.arange(width - 1, -1, -1, dtype=np.int64))
-    return bits @ weights
+    bits = bits.reshape(count, width).astype(np.uint64)
+    weights = np.left_shift(np.uint64(1), np.arange(width - 1, -1, -1, dtype=np.uint64))
+    return (bits * weights).sum(axis=1, dtype=np.uint64).astype(np.int64)
 
 
 def pack_codes(codes: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
-    """Concatenate variable-length codes (``codes[i]`` holds ``lengths[i]`` bits, MSB first).
+    """Concatenate variable-length codes (``codes[i]`` holds ``lengths[i]`` <= 64 bits, MSB first).
 
-    Returns the packed bytes and the number of meaningful bits. Each code's start is the cumulative sum
-    of the previous lengths, so the loop runs over bit *positions within a code* (at most the longest
-    code length), never over symbols.
+    Returns the packed bytes and the number of meaningful bits. Each code lands at the cumulative sum of the
+    previous lengths inside 64-bit words: codes never overlap, so a word is the sum of its codes' shifted
+    bits (``np.add.reduceat``), and a code crossing a word boundary spills its low bits into the next word.
     """
-    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    codes = np.asarray(codes).reshape(-1).astype(np.uint64)
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     nbits = int(lengths.sum())
     if nbits == 0:
         return b"", 0
-    starts = np.cumsum(lengths) - lengths
-    bits = np.zeros(nbits, dtype=np.uint8)
-    for j in range(int(lengths.max())):
-        sel = lengths > j
-        s_codes, s_len = codes[sel], lengths[sel]
-        bits[starts[sel] + j] = (s_codes >> (s_len - 1 - j)) & 1
-    return np.packbits(bits).tobytes(), nbits
+    keep = lengths > 0
+    if not keep.all():
+        codes, lengths = codes[keep], lengths[keep]
+    ends = np.cumsum(lengths)
+    word = (ends - lengths) >> 6
+    end_in_word = (ends - (word << 6)).astype(np.uint64)  # 1 .. 128
+    spill = end_in_word > 64
+    sixty_four = np.uint64(64)
+    hi = codes << np.where(spill, 0, sixty_four - end_in_word).astype(np.uint64)
+    if spill.any():
+        hi[spill] = codes[spill] >> (end_in_word[spill] - sixty_four)
+    out = np.zeros((nbits + 63) // 64 + 1, dtype=np.uint64)
+    first = np.flatnonzero(np.diff(word, prepend=-1))
+    out[word[first]] = np.add.reduceat(hi, first)
+    if spill.any():
+        out[word[spill] + 1] |= codes[spill] << (np.uint64(128) - end_in_word[spill])
+    return out.astype(">u8").tobytes()[: (nbits + 7) // 8], nbits
 
 
 def windows(buf: bytes | memoryview, nbits: int, width: int) -> np.ndarray:
-    """For every bit position ``p < nbits``: the integer formed by bits ``p .. p+width-1`` (zeros past the end).
-
-    This is what a table-driven decoder looks up at each position; computing it for all positions at
-    once lets the decoder run without a Python loop over symbols.
-    """
+    """For every bit position ``p < nbits``: the integer formed by bits ``p .. p+width-1`` (zeros past the end)."""
     if not 1 <= width <= MAX_WINDOW_BITS:
         raise ValueError(f"width must be in [1, {MAX_WINDOW_BITS}], got {width}")
     nbytes = (nbits + 7) // 8
     if len(buf) < nbytes:
         raise BitstreamError(f"stream of {nbits} bits needs {nbytes} bytes, got {len(buf)}")
-    b = np.zeros(nbytes + 4, dtype=np.uint64)
-    b[:nbytes] = np.frombuffer(buf, dtype=np.uint8, count=nbytes)
-    words = (b[:-3] << np.uint64(24)) | (b[1:-2] << np.uint64(16)) | (b[2:-1] << np.uint64(8)) | b[3:]
-    p = np.arange(nbits, dtype=np.uint64)
-    shift = np.uint64(32 - width) - (p & np.uint64(7))
-    return ((words[(p >> np.uint64(3)).astype(np.int64)] >> shift) & np.uint64((1 << width) - 1)).astype(np.int64)
+    words = byte_words(buf, nbytes)
+    p = np.arange(nbits, dtype=np.int64)
+    shift = (32 - width - (p & 7)).astype(np.uint64)
+    return ((words[p >> 3] >> shift) & np.uint64((1 << width) - 1)).astype(np.int64)
 
 
 class ByteWriter:
