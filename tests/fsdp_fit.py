@@ -141,14 +141,15 @@ PRUNE_RULES = {"layer": {}, "global": {"scope": "global"}, "nm": {"structure": "
 
 
 def compression_callbacks(root: Path, prune: str, epochs: int) -> dict:
-    """Pruning of fc1/fc2 over epochs 0-1 (update every half epoch), sharing of fc1/fc3 at ``epochs - 1``."""
+    """Pruning of fc1/fc2 over epochs 0-1 (update every half epoch), sharing of fc1/fc3 at ``epochs - 2``
+    (``FSDP_FIT_ONLY=sharing,export`` keeps only those)."""
     from lightning_compress import CompressionMonitor, ExportCompressed, GradualMagnitudePruning, WeightSharing
 
     kwargs = {"final_sparsity": SPARSITY, "start_epoch": 0.0, "end_epoch": 1.0, "update_every": 0.5,
               **PRUNE_RULES[prune]}
     return {
         "pruning": GradualMagnitudePruning(include=["fc1", "fc2"], prog_bar=False, **kwargs),
-        "sharing": WeightSharing(BITS, start_epoch=epochs - 1, include=["fc1", "fc3"], evaluate=False,
+        "sharing": WeightSharing(BITS, start_epoch=max(0, epochs - 2), include=["fc1", "fc3"], evaluate=False,
                                  log_histograms=False),
         "monitor": CompressionMonitor(print_summary=False),
         "export": ExportCompressed(root / "model.lcz", compare_gzip=False),
