@@ -4,6 +4,18 @@ One fit of ``tests/fsdp_fit.py`` (pruning of fc1/fc2 to 75% over epochs 0-1, sha
 last epoch) under FSDP2, the same fit under DDP (same seed, same data order: each rank gets the same batches),
 and the FSDP2 fit killed with ``SIGKILL`` mid-epoch 2 and resumed from ``last.ckpt``.
 
+The same fits pin what Lightning's ModelParallelStrategy does to a callback (the sharded support rests on it; if
+a Lightning or torch upgrade changes one of these, ``test_lightning_*`` says which):
+
+* ``setup`` sees plain ``Parameter``s (``configure_model`` runs after it); from ``on_fit_start`` on, every
+  parameter, optimizer parameter and gradient is a ``DTensor`` placed ``Shard(0)``, 17 + 16 rows of a 33-row
+  layer on two ranks; optimizer step post-hooks fire on them;
+* on resume, ``on_fit_start`` runs **before** ``load_state_dict`` (the strategy restores after setup), and
+  restoring the optimizer runs one extra optimizer step with ``lr=0`` and zero gradients (torch's
+  ``_init_optim_state``), which post-hooks see;
+* the callbacks' state is written by rank 0 only (``meta.pt`` beside the ``.distcp`` shards) and every rank gets
+  rank 0's state back, tensors included: state must be whole-layer, never one rank's part.
+
 Stated tolerance of FSDP2 vs DDP: masks and assignments equal; weights and centroids within 1e-6 (cluster means
 and centroid gradients are summed over the ranks' parts, in another order than one sum over the layer). On
 these CPUs the pruning-only part is bit-identical.
@@ -115,3 +127,30 @@ def test_killed_and_resumed_run_ends_identical_to_the_uninterrupted_one(runs):
             assert all(torch.equal(x["codebooks"][name][key], y["codebooks"][name][key]) for key in x["codebooks"][name])
         assert x["codebooks"] or x["masks"]  # there was something to restore
     assert (runs / "fsdp2" / "model.lcz").read_bytes() == (runs / "killed" / "model.lcz").read_bytes()
+
+
+# ------------------------------------------------------------------ what Lightning's ModelParallelStrategy does
+def test_lightning_parameters_and_gradients_are_dim0_shards(runs):
+    for rank, rows in ((0, 17), (1, 16)):
+        facts = _load(runs / "fsdp2" / f"final_rank{rank}.pt")["probe"]["facts"]
+        assert facts["setup_weight_type"] == "Parameter"
+        assert (facts["fit_weight_type"], facts["placements"], facts["shape"]) == ("DTensor", ["S(0)"], (33, 16))
+        assert facts["local_shape"] == facts["grad_local_shape"] == (rows, 16)
+        assert (facts["grad_type"], facts["grad_placements"]) == ("DTensor", ["S(0)"])
+        assert facts["optimizer_param_types"] == ["DTensor"]
+
+
+def test_lightning_post_step_hooks_fire_and_restore_adds_one_zero_lr_step(runs):
+    for rank in (0, 1):
+        assert _load(runs / "fsdp2" / f"final_rank{rank}.pt")["probe"]["post_steps"] == [0.1] * (4 * EPOCHS)
+        assert _load(runs / "killed" / f"final_rank{rank}.pt")["probe"]["post_steps"] == [0.0] + [0.1] * 4
+
+
+def test_lightning_restores_callbacks_after_on_fit_start_with_rank_zeros_state(runs):
+    for rank in (0, 1):
+        probe = _load(runs / "killed" / f"final_rank{rank}.pt")["probe"]
+        assert probe["events"][:4] == ["setup", "on_fit_start", "load_state_dict", "step"]
+        loaded = probe["loaded"]  # saved at the end of epoch 1 of the killed run, by rank 0
+        assert loaded["rank"] == 0 and torch.equal(loaded["tensor"], torch.arange(4)) and loaded["steps"] == 8
+    files = sorted(p.name for p in (runs / "killed" / "ckpts" / "last.ckpt").iterdir())
+    assert "meta.pt" in files and sum(f.endswith(".distcp") for f in files) == 2
