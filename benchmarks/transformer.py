@@ -21,6 +21,8 @@ Usage::
     python benchmarks/transformer.py --quick                 # < 1 min: tiny models, 1 seed, few steps
     python benchmarks/transformer.py --models tinygpt        # full TinyGPT part (3 seeds)
     python benchmarks/transformer.py --models resnet         # full ResNet part (3 seeds)
+    python benchmarks/transformer.py --merge benchmarks/results/transformer_tinygpt.json \
+        benchmarks/results/transformer_resnet.json             # -> benchmarks/results/transformer.json
 
 Results go to ``benchmarks/results/transformer[_quick][_<models>].json`` and a table on stdout.
 """
@@ -215,6 +217,53 @@ def choose_bits(name: str, summary: dict, tolerance: float) -> int:
     return max(BITS)
 
 
+#: The issue's goals (validation, mean of the seeds, same steps as dense).
+GOALS = {"tinygpt": dict(min_ratio=8.0, max_ppl_increase=0.05), "resnet": dict(min_ratio=20.0, max_acc_drop=0.005),
+         "overhead": 1.10}
+
+
+def goals(summary: dict, timing: dict | None) -> dict:
+    """For each model: the best real file ratio among configurations within the quality budget, and whether
+    it reaches the goal; the step-time overhead against its goal."""
+    out: dict = {}
+    for name, goal in (("tinygpt", GOALS["tinygpt"]), ("resnet", GOALS["resnet"])):
+        dense = summary.get(f"{name}/dense")
+        if dense is None:
+            continue
+        rows = [s for s in summary.values() if s["model"] == name]
+        if name == "tinygpt":
+            ok = [s for s in rows if s["val"] <= dense["val"] * (1 + goal["max_ppl_increase"])]
+        else:
+            ok = [s for s in rows if s["val"] >= dense["val"] - goal["max_acc_drop"]]
+        best = max(ok, key=lambda s: s["file_ratio"]) if ok else None
+        top = max(rows, key=lambda s: s["file_ratio"])
+        out[name] = dict(goal_ratio=goal["min_ratio"], best_within_budget=best and best["method"],
+                         best_ratio_within_budget=best and best["file_ratio"], met=bool(best and
+                         best["file_ratio"] >= goal["min_ratio"]), highest_ratio_method=top["method"],
+                         highest_ratio=top["file_ratio"], highest_ratio_val=top["val"], dense_val=dense["val"])
+    if timing:
+        out["overhead"] = dict(goal=GOALS["overhead"], measured=timing["overhead"],
+                               met=timing["overhead"] <= GOALS["overhead"])
+    return out
+
+
+def merge(paths: list[str], out: Path) -> None:
+    """One result file from the per-model runs (``--models tinygpt`` and ``--models resnet`` run in parallel)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for d in parts for r in d["runs"]]
+    timing = next((d["step_time"] for d in parts if d.get("step_time")), None)
+    summary = summarize(rows)
+    meta = dict(parts[0]["meta"], merged_from=[Path(p).name for p in paths],
+                setups={k: v for d in parts for k, v in d["meta"]["setups"].items()},
+                wall_s=sum(d["meta"]["wall_s"] for d in parts))
+    result = dict(meta=meta, chosen_bits={k: v for d in parts for k, v in d["chosen_bits"].items()},
+                  summary=summary, goals=goals(summary, timing), step_time=timing, runs=rows)
+    out.write_text(json.dumps(result, indent=1))
+    print(table(summary))
+    print(json.dumps(result["goals"], indent=1))
+    print(f"wrote {out}")
+
+
 def table(summary: dict) -> str:
     lines = ["| model | method | seeds | val metric (mean ± sd) | test metric | file ratio | estimated ratio | sparsity |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -232,7 +281,12 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="tinygpt,resnet", help="comma-separated: tinygpt, resnet")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 3; quick 1)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/transformer*.json)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="combine per-model result files into one (--out, default transformer.json) and exit")
     args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "transformer.json")
+        return 0
     torch.set_num_threads(1)  # CPU time per step comparable between runs on a shared machine
     mode = "quick" if args.quick else "full"
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
@@ -260,10 +314,10 @@ def main(argv=None) -> int:
         print(f"TinyGPT step CPU time: dense {timing['dense_step_cpu_s'] * 1e3:.1f} ms, pruning + sharing "
               f"{timing['compressed_step_cpu_s'] * 1e3:.1f} ms -> {timing['overhead']:.3f}x")
     result = dict(
-        meta=dict(benchmark="transformer", mode=mode, seeds=len(seeds), torch=torch.__version__,
+        meta=dict(benchmark="transformer", mode=mode, quick=args.quick, seeds=len(seeds), torch=torch.__version__,
                   python=platform.python_version(), machine=platform.machine(), threads=1,
                   wall_s=time.time() - wall, setups={n: SETUPS[n][mode] for n in names}),
-        chosen_bits=chosen, summary=summary, step_time=timing, runs=rows,
+        chosen_bits=chosen, summary=summary, goals=goals(summary, timing), step_time=timing, runs=rows,
     )
     suffix = ("_quick" if args.quick else "") + ("" if len(names) == 2 else "_" + "_".join(names))
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"transformer{suffix}.json"

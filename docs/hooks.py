@@ -202,8 +202,9 @@ def render_pruning() -> str:
     for path in select("global_pruning_memory"):
         data = load(path)
         out += [f"Memory of one global magnitude threshold (`scope: global`) over {num(data.get('weights'))} weights in "
-                f"{data.get('layers', 'n/a')} layers at sparsity {data.get('sparsity', 'n/a')}: the radix select this "
-                "package uses against concatenating all weights and calling `torch.kthvalue`. "
+                f"{data.get('layers', 'n/a')} layers at sparsity {data.get('sparsity', 'n/a')}: the histogram select "
+                "this package uses, against concatenating all weights and calling `torch.kthvalue`, and the same one-shot "
+                "mask through the callback. "
                 + source(path, data), ""]
         rows = [[f"`{r.get('method', 'n/a')}`", "n/a" if r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:,.0f}",
                  "n/a" if r.get("cpu_s") is None else f"{r['cpu_s']:.3g}",
@@ -294,6 +295,51 @@ def render_factorization_file(path: Path) -> str:
     return "\n".join(out)
 
 
+def render_transformer() -> str:
+    paths = [p for p in select("transformer") if p.stem in ("transformer", "transformer_quick")]
+    if not paths:
+        return missing("transformer.json", "python benchmarks/transformer.py")
+    return "\n".join(render_transformer_file(path) for path in paths)
+
+
+def render_transformer_file(path: Path) -> str:
+    data = load(path)
+    setups = data.get("meta", {}).get("setups", {})
+    sizes = "; ".join(f"{name}: {s.get('epochs')} epochs x {s.get('batches')} batches of {s.get('batch')}, "
+                      f"model {s.get('model')}" for name, s in setups.items())
+    out = [source(path, data) + f" {data.get('meta', {}).get('seeds', 'n/a')} seed(s). Training: {sizes}.", ""]
+    rows = []
+    for s in data.get("summary", {}).values():
+        unit = "perplexity" if s["model"] == "tinygpt" else "accuracy"
+        val = (f"{s['val']:.3f} ± {s['val_sd']:.3f}" if unit == "perplexity" else
+               f"{pct(s['val'])} ± {pct(s['val_sd'])}")
+        test = f"{s['test']:.3f}" if unit == "perplexity" else pct(s["test"])
+        method = s["method"] + (f" ({s['bits']} bits, chosen on validation)" if s["method"] == "both" else "")
+        rows.append([s["model"], method, unit, val, test, ratio(s["file_ratio"], 2), ratio(s["estimated_ratio"], 2),
+                     pct(s["sparsity"], 1)])
+    out += [table(["model", "method", "metric", "validation (mean ± sd)", "test", "file ratio",
+                   "estimated ratio", "sparsity"], rows), ""]
+    timing = data.get("step_time")
+    if timing:
+        out += [f"TinyGPT CPU time per training step (median of {timing['steps_measured']} interleaved steps per "
+                f"kind): dense {1e3 * timing['dense_step_cpu_s']:.1f} ms, pruning + sharing active "
+                f"{1e3 * timing['compressed_step_cpu_s']:.1f} ms: **{timing['overhead']:.3f}x**.", ""]
+    goal_rows = []
+    for name, g in data.get("goals", {}).items():
+        if name == "overhead":
+            goal_rows.append(["TinyGPT step time, pruning + sharing", f"<= {g['goal']:.2f}x", f"{g['measured']:.3f}x",
+                              "yes" if g["met"] else "no"])
+        else:
+            budget = "+5% perplexity" if name == "tinygpt" else "-0.5 pt accuracy"
+            best = (f"{ratio(g['best_ratio_within_budget'], 2)} ({g['best_within_budget']})"
+                    if g.get("best_within_budget") else "none within budget")
+            goal_rows.append([f"{name} file ratio within {budget}", f">= {g['goal_ratio']:.0f}x", best,
+                              "yes" if g["met"] else "no"])
+    if goal_rows:
+        out += [table(["goal", "target", "measured (best within budget)", "met"], goal_rows), ""]
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "paper": render_paper,
     "deep_compression": render_deep_compression,
@@ -301,6 +347,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "pruning": render_pruning,
     "sharing": render_sharing,
     "factorization": render_factorization,
+    "transformer": render_transformer,
 }
 
 

@@ -19,10 +19,12 @@ _LAZY = {
     "save_compressed": "lightning_compress.export",
     "load_compressed": "lightning_compress.export",
     "model_stats": "lightning_compress.core.stats",
+    "share_weights": "lightning_compress.post_training",
     "AtomicCheckpointIO": "lightning_compress.checkpoint_io",
     "CompressionConfigError": "lightning_compress.errors",
     "CompressedFileError": "lightning_compress.format.errors",
     "ArchitectureMismatchError": "lightning_compress.format.errors",
+    "MemoryLimitError": "lightning_compress.format.errors",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="also write the report as JSON to this path")
     parser.add_argument("--gzip", action="store_true", help="also measure the gzip'd state_dict (slow on big models)")
     parser.add_argument("--no-gzip", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    parser.add_argument("--grouped", action="store_true", help="detect per-channel/per-group codebooks in the "
+                        "compressed layers and store them grouped where smaller (format version 2)")
     parser.add_argument("--verify", action="store_true", help="reload the file into a fresh model and compare")
     return parser
 
@@ -119,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.path.isfile(os.path.expanduser(args.checkpoint)):
             raise FileNotFoundError(f"checkpoint: no such file {args.checkpoint!r}")
         model, notes = model_from_checkpoint(args.model, args.checkpoint)
-        report = save_compressed(model, out, include=args.include, exclude=args.exclude,
+        groups = {name: "auto" for name in model.state_dict()} if args.grouped else None
+        report = save_compressed(model, out, include=args.include, exclude=args.exclude, groups=groups,
                                  keep_negative_zero=args.keep_negative_zero, compare_gzip=args.gzip)
     except (ValueError, OSError, RuntimeError, KeyError, TypeError) as err:  # bad class path, unreadable or mismatched ckpt
         print(f"lightning-compress-export: error: {err}", file=sys.stderr)

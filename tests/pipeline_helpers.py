@@ -46,6 +46,7 @@ from lightning_compress import (
     WeightSharing,
 )
 from lightning_compress.checkpoint_io import AtomicCheckpointIO
+from lightning_compress.core.masks import unpack_mask
 
 IN, HIDDEN, CLASSES = 16, 32, 4
 N_TRAIN, N_VAL, BATCH = 128, 64, 16  # 8 training batches per epoch
@@ -175,7 +176,8 @@ def checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
     return {
         "epoch": ckpt["epoch"],
         "global_step": ckpt["global_step"],
-        "masks": prune["masks"],
+        "masks": {k: unpack_mask(v, prune["mask_shapes"][k]) if v.dtype != torch.bool else v
+                  for k, v in prune["masks"].items()},
         "codebooks": {k: (v["centroids"], v["assignment"]) for k, v in share["layers"].items()},
         "ranks": {p["name"]: tuple(p["ranks"]) for p in factor["plan"] if p["applied"]},
         "weights": ckpt["state_dict"],

@@ -34,6 +34,7 @@ from lightning_compress.format.errors import (
     TruncatedFileError,
 )
 from lightning_compress.export import load_compressed, save_compressed
+from lightning_compress.schedules import LinearSchedule
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 
@@ -274,9 +275,9 @@ def _f(**kw):
 
 CASES = [
     # -- GradualMagnitudePruning arguments
-    Case("P01", "final_sparsity above 1", _g(final_sparsity=1.5), ValueError, "final_sparsity must be in [0, 1]", "init"),
-    Case("P02", "per-layer final_sparsity below 0", _g(final_sparsity={"fc1*": -0.1}), ValueError, "final_sparsity must be in [0, 1]", "init"),
-    Case("P03", "final_sparsity given as a string", _g(final_sparsity="0.9"), ValueError, "final_sparsity must be in [0, 1]", "init"),
+    Case("P01", "final_sparsity above 1", _g(final_sparsity=1.5), ValueError, "final_sparsity must be a finite number >= 0 and <= 1", "init"),
+    Case("P02", "per-layer final_sparsity below 0", _g(final_sparsity={"fc1*": -0.1}), ValueError, "final_sparsity['fc1*'] must be a finite number >= 0 and <= 1", "init"),
+    Case("P03", "final_sparsity given as a string", _g(final_sparsity="0.9"), ValueError, "final_sparsity must be a finite number >= 0 and <= 1", "init"),
     Case("P04", "initial_sparsity above final_sparsity", _g(final_sparsity=0.5, initial_sparsity=0.8), ValueError, "below initial_sparsity", "init"),
     Case("P05", "end_epoch before start_epoch", _g(final_sparsity=0.5, start_epoch=3, end_epoch=2), ValueError, "end_epoch (2) must be", "init"),
     Case("P06", "negative start_epoch", _g(final_sparsity=0.5, start_epoch=-1), ValueError, "start_epoch must be", "init"),
@@ -287,9 +288,11 @@ CASES = [
     Case("P11", "malformed N:M structure", _g(structure="4:2"), ValueError, "structure must look like 'N:M'", "init"),
     Case("P12", "criterion='std' without sensitivity", _g(criterion="std"), ValueError, "needs sensitivity", "init"),
     Case("P13", "sensitivity without criterion='std'", _g(final_sparsity=0.5, sensitivity=1.0), ValueError, "sensitivity is only used", "init"),
-    Case("P14", "unknown layer type", _g(final_sparsity=0.5, types=["lstm"]), ValueError, "unknown layer type 'lstm'", "init"),
+    Case("P14", "unknown layer type", _g(final_sparsity=0.5, types=["transformer"]), ValueError, "unknown layer type 'transformer'", "init"),
     Case("P15", "exponential schedule to sparsity 1", _g(final_sparsity=1.0, schedule="exponential"), ValueError, "final_sparsity < 1", "init"),
     Case("P16", "missing final_sparsity", _g(), ValueError, "final_sparsity is required", "init"),
+    Case("P17", "schedule mapping with a key that is not a number", _g(schedule={"late": 0.5}), ValueError,
+         "schedule keys must be numbers (epochs or steps), got 'late'", "init"),
     # -- WeightSharing arguments
     Case("S01", "bits of 0", _w(bits=0), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
     Case("S02", "bits above 16", _w(bits=17), MisconfigurationException, "bits must be an int >= 1 and <= 16", "init"),
@@ -380,6 +383,10 @@ CASES = [
     Case("K07", "truncated checkpoint file",
          lambda tmp: (tmp / "cut.ckpt").write_bytes((tmp / "good.ckpt").read_bytes()[:2000]) and resume(tmp / "cut.ckpt"),
          RuntimeError, "failed finding central directory", "load"),
+    Case("K08", "resume after the pruning ramp ended, with a lower final_sparsity (masks only grow)",
+         lambda tmp: fit_raises([GradualMagnitudePruning(0.3, start_epoch=0, end_epoch=1, include="fc1"), callbacks()[1]],
+                                ckpt_path=tmp / "good.ckpt", max_epochs=5, limit_train_batches=2),
+         ValueError, "final_sparsity 0.3 for fc1.weight is below the 0.5 its checkpoint masks already prune", "load"),
     # -- compressed files
     Case("X01", "truncated compressed file", _load_truncated, TruncatedFileError, "the file is truncated", "load"),
     Case("X02", "one flipped byte in a compressed file", _load_flipped, CorruptedFileError, "checksum mismatch", "load"),
@@ -394,6 +401,8 @@ CASES = [
          lambda tmp: _cli(tmp, PRUNING_YAML.format("final_sparsty: 0.5")), SystemExit, "'final_sparsty' is not accepted", "parse"),
     Case("Y04", "out-of-range bits in YAML",
          lambda tmp: _cli(tmp, SHARING_YAML.format("bits: 20")), ValueError, "bits must be an int >= 1 and <= 16", "parse"),
+    Case("Y05", "schedule mapping with a key that is not a number in YAML",
+         lambda tmp: _cli(tmp, PRUNING_YAML.format("schedule: {late: 0.5}")), ValueError, "schedule keys must be numbers", "parse"),
 ]
 
 
@@ -419,6 +428,9 @@ WARNINGS = [
      "the final sparsity will not be reached"),
     ("W03", "mid-fit factorization at or after max_epochs", lambda: [LowRankFactorization(rank=4, epoch=3)],
      "epoch=3 is not before max_epochs=2"),
+    ("W04", "step-based pruning schedule ending after the fit's last step",
+     lambda: [GradualMagnitudePruning(schedule=LinearSchedule(start=0, end=5, unit="step", final_sparsity=0.5))],
+     "the final sparsity will not be reached"),
 ]
 
 

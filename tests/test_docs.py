@@ -174,7 +174,7 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     trainer = tiny_trainer([LowRankFactorization(rank=2, epoch=1, include=["conv", "fc2"]),  # mid-fit: Tucker-2 + SVD
                             GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1, include=["fc1"]),
                             WeightSharing(3, start_epoch=2, include=["fc1"]),
-                            ExportCompressed(tmp_path / "m.lcz"),
+                            ExportCompressed(tmp_path / "m.lcz", compare_gzip=True),  # gzip is opt-in
                             CompressionMonitor()], max_epochs=3, logger=logger)
     trainer.fit(TinyNet(), loader, loader)
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "tensors": 0, "histograms": 0})
@@ -185,6 +185,10 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     written |= {f"compress/final/{m}" for m in ("estimated_ratio", "sparsity", "accuracy")}  # hparams, checked below
     assert events.PluginTagToContent("hparams")
     # a language model adds perplexity (monitor); a tiny TinyGPT fit writes those tags
+    import torch
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
     from lightning_compress.zoo import TinyGPT
 
     tokens = torch.randint(0, 256, (8, 9))

@@ -16,7 +16,7 @@ from lightning_compress.format.bitstream import (
     pack_fixed,
     unpack_fixed,
     varint_size,
-    windows,
+    byte_words,
 )
 from lightning_compress.format.huffman import (
     MAX_CODE_LENGTH,
@@ -48,7 +48,7 @@ def test_fixed_width_is_msb_first():
         unpack_fixed(b"\x00", 3, 3)  # 9 bits need 2 bytes
 
 
-def test_pack_codes_and_windows_match_a_naive_bit_string():
+def test_pack_codes_and_byte_words_match_a_naive_bit_string():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 13, size=500)
     codes = rng.integers(0, 1 << 12, size=500) & ((1 << lengths) - 1)
@@ -59,7 +59,34 @@ def test_pack_codes_and_windows_match_a_naive_bit_string():
     for width in (1, 7, 13, 25):
         padded = bitstring + "0" * width
         expected = [int(padded[p : p + width], 2) for p in range(nbits)]
-        assert windows(buf, nbits, width).tolist() == expected
+        words = byte_words(buf, len(buf))
+        got = [(int(words[p >> 3]) >> (32 - width - (p & 7))) & ((1 << width) - 1) for p in range(nbits)]
+        assert got == expected
+
+
+@pytest.mark.parametrize("width", [26, 33, 57, 64])
+def test_wide_fixed_fields_round_trip(width):
+    rng = np.random.default_rng(width)
+    values = rng.integers(0, 1 << min(width, 63), size=300, dtype=np.int64)
+    assert unpack_fixed(pack_fixed(values, width), width, values.size).tolist() == values.tolist()
+
+
+@pytest.mark.parametrize("lane_bits,lead_bits,rounds", [(256, 64, 4), (16, 0, 0), (24, 0, 1), (40, 8, 2)])
+def test_lane_decoder_matches_the_stream_whatever_the_lanes(monkeypatch, lane_bits, lead_bits, rounds):
+    """Short lanes without lead-in fail to resynchronise: redo rounds and the symbol-by-symbol tail must agree."""
+    from lightning_compress.format import huffman_decode
+
+    monkeypatch.setattr(huffman_decode, "LANE_BITS", lane_bits)
+    monkeypatch.setattr(huffman_decode, "LEAD_BITS", lead_bits)
+    monkeypatch.setattr(huffman_decode, "MAX_ROUNDS", rounds)
+    rng = np.random.default_rng(lane_bits)
+    for counts in ([50, 30, 10, 5, 3, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1000], [9, 9, 9, 1]):
+        stream = rng.choice(len(counts), size=3000, p=np.array(counts) / sum(counts))
+        code = HuffmanCode.from_counts(np.bincount(stream, minlength=len(counts)))
+        data, nbits = code.encode(stream)
+        assert np.array_equal(code.decode(data, nbits, stream.size), stream)
+        with pytest.raises(BitstreamError):
+            code.decode(data, nbits, stream.size + 1)
 
 
 @given(st.integers(0, 2**63))

@@ -298,3 +298,183 @@ def test_sharing_rate_formula():
     # Deep Compression's example: 16 weights, 4 clusters, 32-bit -> 16*32 / (16*2 + 4*32) = 3.2
     assert sharing_rate(16, 4) == pytest.approx(3.2)
     assert sharing_rate(1_000_000, 32) == pytest.approx(32e6 / (5e6 + 1024))
+
+
+# ---- weighted k-means (issue 18: sensitivity-weighted clustering) ----
+
+
+def brute_force_weighted_lloyd(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, max_iter: int = 1000):
+    """Textbook weighted Lloyd: argmin assignment, weighted means; returns (centroids, labels, inertia)."""
+    x, w, c = x.double().reshape(-1), w.double().reshape(-1), c.double().clone()
+    labels = None
+    for _ in range(max_iter):
+        new_labels = ((x[:, None] - c[None, :]) ** 2).argmin(1)
+        if labels is not None and torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        for j in range(c.numel()):
+            wj = w[labels == j]
+            if float(wj.sum()) > 0:
+                c[j] = (wj * x[labels == j]).sum() / wj.sum()
+        c = torch.sort(c)[0]
+    labels = ((x[:, None] - c[None, :]) ** 2).argmin(1)
+    return c, labels, float((w * (x - c[labels]) ** 2).sum())
+
+
+def optimal_weighted(x: torch.Tensor, w: torch.Tensor, k: int) -> tuple[float, torch.Tensor]:
+    """Exhaustive weighted optimum over contiguous runs of sorted data (all weights > 0)."""
+    order = torch.argsort(x.double())
+    xs, ws = x.double()[order], w.double()[order]
+    best, best_c = math.inf, None
+    for cuts in itertools.combinations(range(1, xs.numel()), k - 1):
+        runs = list(zip((0, *cuts), (*cuts, xs.numel())))
+        means = [float((ws[a:b] * xs[a:b]).sum() / ws[a:b].sum()) for a, b in runs]
+        total = sum(float((ws[a:b] * (xs[a:b] - m) ** 2).sum()) for (a, b), m in zip(runs, means))
+        if total < best:
+            best, best_c = total, torch.tensor(means, dtype=torch.float64)
+    return best, best_c
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("init", ["linear", "density", "tensor"])
+def test_unit_weights_equal_unweighted_exactly(seed, init):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(300, generator=g), 4 + torch.randn(40, generator=g), torch.zeros(5)])
+    start = init_centroids(x, 9, "kmeans++", seed=seed) if init == "tensor" else init
+    plain = kmeans_1d(x, 9, init=start)
+    weighted = kmeans_1d(x, 9, init=start, weights=torch.ones_like(x))
+    assert torch.equal(plain.centroids, weighted.centroids)
+    assert torch.equal(plain.labels, weighted.labels)
+    assert plain.inertia == weighted.inertia and plain.n_iter == weighted.n_iter
+    if init != "tensor":
+        assert torch.equal(init_centroids(x, 9, init), init_centroids(x, 9, init, weights=torch.ones_like(x)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weighted_matches_brute_force_and_sklearn_from_same_init(seed):
+    from sklearn.cluster import KMeans
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(120, generator=g), 2.5 + 0.4 * torch.randn(60, generator=g)])
+    w = torch.rand(x.numel(), generator=g) ** 3  # heavy spread of importances, like a Fisher diagonal
+    c0 = init_centroids(x, 6, "kmeans++", seed=seed, weights=w)
+    res = kmeans_1d(x, 6, init=c0, weights=w)
+    ref_c, ref_labels, ref_inertia = brute_force_weighted_lloyd(x, w, c0)
+    assert res.converged
+    assert res.inertia == pytest.approx(ref_inertia, rel=1e-9)
+    torch.testing.assert_close(res.centroids[res.labels].double(), ref_c[ref_labels].float().double())
+    km = KMeans(6, init=c0.numpy()[:, None], n_init=1, max_iter=1000, tol=0.0, algorithm="lloyd")
+    km.fit(x.double().numpy()[:, None], sample_weight=w.double().numpy())
+    assert res.inertia == pytest.approx(float(km.inertia_), rel=1e-9)
+    torch.testing.assert_close(res.centroids.double(), torch.from_numpy(km.cluster_centers_[:, 0]).sort()[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weighted_never_below_exhaustive_optimum_and_optimum_is_fixed(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(9, generator=g)
+    w = torch.rand(9, generator=g) + 0.05
+    for k in (2, 3):
+        opt, opt_c = optimal_weighted(x, w, k)
+        found = [kmeans_1d(x, k, init=i, seed=s, weights=w).inertia for i in INITS for s in range(3)]
+        assert min(found) >= opt - 1e-12
+        assert min(found) == pytest.approx(opt, rel=1e-9)  # tiny input: some start finds the optimum
+        at_opt = kmeans_1d(x, k, init=opt_c, weights=w)
+        assert at_opt.inertia == pytest.approx(opt, rel=1e-9, abs=1e-15)
+        torch.testing.assert_close(at_opt.centroids.double(), opt_c.float().double())
+
+
+def test_heavy_weight_pulls_its_centroid():
+    x = torch.tensor([0.0, 1.0, 10.0, 11.0])
+    plain = kmeans_1d(x, 2, weights=None)
+    heavy = kmeans_1d(x, 2, weights=torch.tensor([1.0, 9.0, 1.0, 1.0]))
+    assert plain.centroids.tolist() == [0.5, 10.5]
+    assert torch.equal(heavy.centroids, torch.tensor([0.9, 10.5]))
+    assert heavy.inertia == pytest.approx(0.81 * 1 + 0.01 * 9 + 0.25 * 2)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_zero_weight_points_pull_on_nothing(init):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, generator=g)
+    w = torch.rand(400, generator=g)
+    w[::3] = 0
+    res = kmeans_1d(x, 5, init=init, weights=w, max_iter=10_000)
+    sub = kmeans_1d(x[w > 0], 5, init=init, weights=w[w > 0], max_iter=10_000)
+    if init in ("linear", "density"):  # same start over the positive-weight points: same clustering
+        torch.testing.assert_close(res.centroids, sub.centroids)
+        assert res.inertia == pytest.approx(sub.inertia, rel=1e-9)
+    assert_lloyd_fixed_point_weighted(x, w, res, 5)
+    # zero-weight points are labelled with their nearest centroid all the same
+    d = (x.double()[:, None] - res.centroids.double()[None, :]).abs()
+    assert torch.all(d[torch.arange(400), res.labels] <= d.min(1).values + 1e-6)
+
+
+def test_zero_weight_values_are_not_kept_as_centroids():
+    x = torch.tensor([0.0, 0.1, 5.0, 5.3, 100.0])
+    res = kmeans_1d(x, 3, weights=torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]))
+    assert torch.equal(res.centroids, torch.tensor([0.05, 5.0, 5.3]))  # 100 has no weight: no centroid
+    assert res.labels.tolist() == [0, 0, 1, 2, 2] and res.inertia == pytest.approx(0.005, rel=1e-5)
+
+
+def test_all_zero_weights_fall_back_to_unit_weights_and_bad_weights_are_errors():
+    x = torch.randn(50, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(kmeans_1d(x, 4, weights=torch.zeros(50)).centroids, kmeans_1d(x, 4).centroids)
+    with pytest.raises(ValueError, match="weights"):
+        kmeans_1d(x, 4, weights=-torch.ones(50))
+    with pytest.raises(ValueError, match="weights"):
+        kmeans_1d(x, 4, weights=torch.full((50,), float("nan")))
+    with pytest.raises(ValueError, match="weights"):
+        kmeans_1d(x, 4, weights=torch.ones(49))
+
+
+def test_scaling_all_weights_changes_nothing_but_inertia():
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(500, generator=g), torch.rand(500, generator=g)
+    a, b = kmeans_1d(x, 8, weights=w), kmeans_1d(x, 8, weights=w * 1e-6)
+    torch.testing.assert_close(a.centroids, b.centroids)
+    assert torch.equal(a.labels, b.labels) and b.inertia == pytest.approx(a.inertia * 1e-6, rel=1e-6)
+
+
+def test_sort_pairs_keeps_each_weight_with_its_value():
+    from lightning_compress.core.kmeans_init import sort_pairs
+
+    x = torch.tensor([3.0, -0.0, 0.0, -2.5, 1.4013e-45, -1.4013e-45, float("inf"), -float("inf"), 7.0])
+    w = torch.arange(9, dtype=torch.float32) * 0.5
+    for weights in (w, w.double()):  # float32 weights ride in the sort key; others are gathered by position
+        xs, ws = sort_pairs(x, weights)
+        assert torch.equal(xs, torch.sort(x)[0]) and ws.dtype == weights.dtype
+        assert sorted(zip(xs.tolist(), ws.tolist())) == sorted(zip(x.tolist(), weights.tolist()))
+
+
+def assert_lloyd_fixed_point_weighted(x: torch.Tensor, w: torch.Tensor, res, k: int) -> None:
+    c = res.centroids.double()
+    assert res.converged and c.numel() <= k and torch.all(c[1:] > c[:-1])
+    x64, w64 = x.double(), w.double()
+    d = (x64[:, None] - c[None, :]).abs()
+    slack = 1e-9 + 1e-6 * c.abs().max()
+    assert torch.all(d[torch.arange(x.numel()), res.labels] <= d.min(1).values + slack)
+    for j in range(c.numel()):
+        members = res.labels == j
+        assert float(w64[members].sum()) > 0  # no cluster without weight survives
+        mean = float((w64[members] * x64[members]).sum() / w64[members].sum())
+        assert float(c[j]) == pytest.approx(mean, rel=1e-6, abs=1e-6)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-100, 100, allow_nan=False, width=32), st.sampled_from([0.0, 1e-30, 0.5, 1.0, 3.0, 1e6])),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(1, 10),
+    st.sampled_from(INITS),
+)
+def test_weighted_converged_result_is_a_weighted_lloyd_fixed_point(pairs, k, init):
+    x = torch.tensor([p[0] for p in pairs], dtype=torch.float32)
+    w = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
+    res = kmeans_1d(x, k, init=init, max_iter=10_000, weights=w)
+    if not bool((w > 0).any()):
+        w = torch.ones_like(w)
+    assert_lloyd_fixed_point_weighted(x, w, res, k)

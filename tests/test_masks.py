@@ -13,9 +13,12 @@ from lightning_compress.core.masks import (
     magnitude_mask,
     nm_mask,
     num_to_prune,
+    pack_mask,
     sparsity,
     threshold_mask,
+    unpack_mask,
 )
+from lightning_compress.core.mask_rules import GlobalMagnitude, LayerMagnitude, NMStructured, StdThreshold, choose_rule
 
 
 def reference_masks(weights, fraction, masks=None):
@@ -170,3 +173,35 @@ def test_bf16_weights():
     m = magnitude_mask(w, 0.75)
     assert int((~m).sum()) == 300
     assert torch.equal(global_magnitude_masks([w], 0.75)[0], m)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (7,), (0, 4), (2, 3, 3, 3), (64, 300)])
+def test_pack_unpack_round_trip_is_exact_at_one_eighth_byte(shape):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(shape, generator=g) > 0.4
+    packed = pack_mask(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+    assert torch.equal(unpack_mask(packed, shape), mask)
+    with pytest.raises(ValueError, match="packed mask"):
+        unpack_mask(packed, (mask.numel() + 9,))
+
+
+def test_rules_share_one_interface():
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(8, 16, generator=g), torch.randn(4, 8, generator=g)]
+    masks = [torch.ones_like(w, dtype=torch.bool) for w in weights]
+    new, targets = LayerMagnitude()(weights, masks, [0.5, 0.25])
+    assert [int((~m).sum()) for m in new] == [64, 8] and targets == [0.5, 0.25]
+    new, targets = GlobalMagnitude()(weights, masks, [0.5, 0.5])
+    assert sum(int((~m).sum()) for m in new) == 80 and targets == [0.5, 0.5]
+    rule = NMStructured(2, 4)
+    new, targets = rule(weights, masks, [0.25, 0.5])
+    assert targets == [0.25, 0.5] == rule.asked([0.25, 0.5])
+    assert ((new[0].view(8, 4, 4)).sum(-1) == 3).all() and ((new[1].view(4, 2, 4)).sum(-1) == 2).all()
+    new, targets = StdThreshold()(weights, masks, [1.0, 0.0])
+    assert torch.equal(new[0], weights[0].abs() >= weights[0].std()) and bool(new[1].all())
+    assert targets[1] == 0.0 and StdThreshold().asked([1.0]) is None
+    assert isinstance(choose_rule("global", "magnitude", None), GlobalMagnitude)
+    assert isinstance(choose_rule("layer", "magnitude", (2, 4)), NMStructured)
+    assert isinstance(choose_rule("layer", "std", None), StdThreshold)
+    assert isinstance(choose_rule("layer", "magnitude", None), LayerMagnitude)

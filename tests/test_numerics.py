@@ -97,11 +97,14 @@ def test_callback_state_costs_at_most_one_byte_per_weight():
     prune, share = probe.prune, probe.share
     for name, mask in prune.masks.items():
         assert mask.dtype == torch.bool and mask.element_size() == 1 and mask.shape == model.get_parameter(name).shape
-    for name, mult in prune._multipliers.items():  # the fast uint8 view shares the mask's bytes
-        assert mult.untyped_storage().data_ptr() == prune.masks[name].untyped_storage().data_ptr()
+    storage = {m.untyped_storage().data_ptr() for m in prune.masks.values()}
+    for _param, mult in prune._held:  # the fast uint8 view shares the mask's bytes
+        assert mult.untyped_storage().data_ptr() in storage
     for name, shared in share.codebooks.items():
         assert shared.assignment.dtype == torch.uint8 and shared.assignment.element_size() == 1, name
-    saved = [*prune.state_dict()["masks"].values(), *(e["assignment"] for e in share.state_dict()["layers"].values())]
+    for name, packed in prune.state_dict()["masks"].items():  # checkpoints: bit-packed, 1/8 byte per weight
+        assert packed.dtype == torch.uint8 and packed.numel() == -(-model.get_parameter(name).numel() // 8), name
+    saved = [e["assignment"] for e in share.state_dict()["layers"].values()]
     assert saved and all(t.element_size() == 1 for t in saved)
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_compress import GradualMagnitudePruning
 from lightning_compress.callbacks._logging import tag
+from lightning_compress.core.masks import unpack_mask
 from lightning_compress.schedules import LinearSchedule, PolynomialSchedule
 from lightning_compress.zoo import LeNet300100
 
@@ -213,8 +214,11 @@ def test_resume_mid_schedule_gives_identical_masks(tmp_path):
     mid = tmp_path / "a" / "ckpt" / "epoch=1.ckpt"  # after 2 epochs: schedule ends at 3
     saved = torch.load(mid, weights_only=False)
     cb_state = next(v for k, v in saved["callbacks"].items() if "GradualMagnitudePruning" in k)
-    assert cb_state["last_point"] == 1.75  # the 2.0 update happens at the next batch and cb_state["masks"]["fc1.weight"].dtype == torch.bool
-    assert int((~cb_state["masks"]["fc1.weight"]).sum()) == int((saved["state_dict"]["fc1.weight"] == 0).sum())
+    assert cb_state["last_point"] == 1.75  # the 2.0 update happens at the next batch
+    packed = cb_state["masks"]["fc1.weight"]  # bit-packed: 1/8 byte per weight
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-LAYERS["fc1.weight"] // 8)
+    mask = unpack_mask(packed, cb_state["mask_shapes"]["fc1.weight"])
+    assert int((~mask).sum()) == int((saved["state_dict"]["fc1.weight"] == 0).sum()) > 0
 
     resumed, cb_resumed = _fit_with_checkpoints(tmp_path / "b", max_epochs=4, ckpt_path=mid)
     assert cb_resumed.last_point == cb_straight.last_point == 3.0
@@ -369,3 +373,147 @@ def test_manual_optimization_default_timing_and_hook_cleanup():
         assert int((w == 0).sum()) == round(0.75 * w.numel()), name
         assert torch.equal(w != 0, cb.masks[name])
     assert not t.optimizers[0]._optimizer_step_post_hooks  # removed at the end of the fit
+
+
+# ------------------------------------------------------------------ changed settings and runs cut short (issue 13)
+def _pruned_checkpoint(tmp_path, final=0.5):
+    pl.seed_everything(0)
+    cb = GradualMagnitudePruning(final, start_epoch=0, end_epoch=1)
+    t = trainer([cb], max_epochs=2)
+    t.fit(model(), loader())
+    path = tmp_path / "pruned.ckpt"
+    t.save_checkpoint(path)
+    return path
+
+
+def test_resume_after_the_ramp_with_a_higher_target_prunes_on(tmp_path, caplog):
+    path = _pruned_checkpoint(tmp_path, 0.5)
+    net = model()
+    cb = GradualMagnitudePruning(0.8, start_epoch=0, end_epoch=1)
+    with caplog.at_level("INFO"):
+        trainer([cb, ZeroProbe(cb)], max_epochs=3).fit(net, loader(), ckpt_path=path)
+    check_final(cb, net, 0.8)
+    assert "fc1.weight 0.5 -> 0.8" in caplog.text and "pruning on to the new target" in caplog.text
+    # the masks only grew: everything pruned at 0.5 is still pruned
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    assert not bool((net.fc1.weight != 0)[saved["fc1.weight"] == 0].any())
+
+
+def test_resume_after_the_ramp_with_a_lower_target_is_refused(tmp_path):
+    from lightning_compress.errors import CompressionConfigError
+
+    path = _pruned_checkpoint(tmp_path, 0.5)
+    cb = GradualMagnitudePruning(0.3, start_epoch=0, end_epoch=1)
+    with pytest.raises(CompressionConfigError, match=r"final_sparsity 0\.3 for fc1\.weight is below the 0\.5"):
+        trainer([cb], max_epochs=3).fit(model(), loader(), ckpt_path=path)
+
+
+def test_a_checkpoint_with_bool_masks_still_resumes(tmp_path):
+    path = _pruned_checkpoint(tmp_path, 0.5)
+    ckpt = torch.load(path, weights_only=False)
+    (key,) = [k for k in ckpt["callbacks"] if k.startswith("GradualMagnitudePruning")]
+    state = ckpt["callbacks"][key]
+    state["masks"] = {n: unpack_mask(m, state["mask_shapes"][n]) for n, m in state["masks"].items()}
+    del state["mask_shapes"], state["levels"]  # as written before masks were bit-packed
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    net = model()
+    cb = GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1)
+    trainer([cb, ZeroProbe(cb)], max_epochs=3).fit(net, loader(), ckpt_path=old)
+    check_final(cb, net, 0.5)
+    for name, mask in state["masks"].items():
+        assert torch.equal(cb.masks[name], mask), name
+
+
+class StopAfterFirstEpoch(Callback):
+    """What EarlyStopping does when it fires: ask the Trainer to stop."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+@pytest.mark.parametrize(
+    "make, trainer_kw",
+    [
+        (lambda: GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=2), dict(max_epochs=3, max_steps=10)),
+        (lambda: GradualMagnitudePruning(schedule=LinearSchedule(start=0, end=20, unit="step", final_sparsity=0.5)),
+         dict(max_epochs=3, max_steps=10)),
+        (lambda: GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=2), dict(max_epochs=2)),  # ends at the end
+    ],
+    ids=["epochs-vs-max_steps", "steps-vs-max_steps", "end_epoch-equals-max_epochs"],
+)
+def test_a_schedule_the_fit_cannot_finish_warns_before_training_and_is_recorded(make, trainer_kw):
+    seen: list[str] = []
+
+    class FirstStep(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if not seen:
+                seen.extend(str(w.message) for w in record)
+
+    cb = make()
+    net = model()
+    t = trainer([cb, FirstStep()], **trainer_kw)
+    with pytest.warns(UserWarning) as record:
+        t.fit(net, loader())
+    assert any("the final sparsity will not be reached" in m for m in seen), seen
+    assert any("training stopped before the pruning schedule ended" in str(w.message) for w in record)
+    claim = cb.describe(t, net)
+    assert claim.unfinished and claim.unfinished[0].startswith("fc1.weight: ")
+    assert claim.unfinished[0].endswith("50.0% asked")
+    assert not claim.done
+
+
+def test_early_stopping_before_the_ramp_ends_is_recorded():
+    cb = GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=2)
+    net = model()
+    t = trainer([cb, StopAfterFirstEpoch()], max_epochs=4)
+    with pytest.warns(UserWarning, match="training stopped before the pruning schedule ended"):
+        t.fit(net, loader())
+    assert cb.describe(t, net).unfinished
+
+
+def test_a_finished_schedule_records_nothing():
+    cb = GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1)
+    net = model()
+    t = trainer([cb], max_epochs=2)
+    t.fit(net, loader())
+    claim = cb.describe(t, net)
+    assert claim.unfinished == () and claim.done == frozenset(LAYERS) and claim.kind == "prune"
+    assert claim.layers["fc1.weight"] == (0.0, 1.0)
+
+
+def test_one_shot_needs_no_end_epoch_without_max_epochs():
+    net = model()
+    cb = GradualMagnitudePruning(0.5, schedule="constant")
+    trainer([cb], max_epochs=-1, max_steps=4).fit(net, loader())
+    check_final(cb, net, 0.5)
+
+
+def test_steps_that_provably_keep_zeros_skip_remasking_and_a_breach_is_caught():
+    """SGD with momentum keeps masked-gradient weights at +0.0 once their momentum is zeroed: no re-masking.
+    A hook that writes gradients after the masking breaks that: the epoch-end check catches and repairs it."""
+    pl.seed_everything(0)
+    net = model(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)
+    cb = GradualMagnitudePruning(0.8, start_epoch=0, schedule="constant")
+    skipped = []
+    decide = cb._step_kept_zeros
+    cb._step_kept_zeros = lambda optimizer: skipped.append(decide(optimizer)) or skipped[-1]
+    probe = ZeroProbe(cb)
+    trainer([cb, probe], max_epochs=2).fit(net, loader())
+    check_final(cb, net, 0.8)
+    assert probe.after_step_checks == 3 * 2 * N_BATCHES  # exact +0.0 after every step...
+    assert len(skipped) == 2 * N_BATCHES and all(skipped)  # ...without re-masking a single one
+
+    class Noise(Callback):  # after the pruning callback: pruned gradients become non-zero again
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            for p in pl_module.parameters():
+                if p.grad is not None:
+                    p.grad.add_(1e-3)
+
+    pl.seed_everything(0)
+    net = model(optimizer="sgd", lr=0.1, momentum=0.9)
+    cb = GradualMagnitudePruning(0.8, start_epoch=0, schedule="constant")
+    with pytest.warns(UserWarning, match="held non-zero weights at the epoch end"):
+        trainer([cb, Noise()], max_epochs=3).fit(net, loader())
+    assert not cb._skip_proven_steps
+    check_final(cb, net, 0.8)  # repaired at the first epoch end, re-masked after every step since

@@ -141,3 +141,33 @@ def test_schedule_object_passes_through_and_repr():
     s = CubicSchedule(start=1, end=3, final_sparsity=0.5)
     assert make_schedule(s) is s
     assert "CubicSchedule(" in repr(s) and "power=3.0" in repr(s)
+
+
+def test_errors_are_the_packages_config_error_naming_the_argument():
+    from lightning_compress.errors import CompressionConfigError
+    from lightning_compress.schedules.events import EventSchedule
+
+    with pytest.raises(CompressionConfigError, match="PolynomialSchedule: start must be"):
+        PolynomialSchedule(start=True, end=2)  # a bool is not a number
+    with pytest.raises(CompressionConfigError, match="unit must be one of"):
+        EventSchedule(unit="minute")
+    with pytest.raises(CompressionConfigError, match="^interval must be an int >= 0"):
+        EventSchedule(interval=1.5)
+    with pytest.raises(CompressionConfigError, match="milestones keys must be numbers.*'late'"):
+        MultiStepSchedule({"late": 0.5})  # a YAML key that is no number: a clean error, not float()'s
+    assert MultiStepSchedule({"1": 0.5, 2: 0.8}).milestones == {1.0: 0.5, 2.0: 0.8}  # "1" from a CLI is fine
+
+
+def test_last_progress_of_a_fit():
+    from lightning_compress.schedules.reach import last_progress
+
+    # 8 batches per epoch; the last batch of 3 epochs starts at epoch 2 + 7/8
+    assert last_progress("epoch", 8, max_epochs=3) == pytest.approx(2 + 7 / 8)
+    assert last_progress("step", 8, max_epochs=3) == 23
+    assert last_progress("step", 8, max_epochs=3, max_steps=10) == 9  # steps 0..9
+    assert last_progress("epoch", 8, max_epochs=3, max_steps=10) == pytest.approx(9 / 8)
+    # accumulate 3: an epoch of 8 batches is 3 steps (the last group of 2 still steps)
+    assert last_progress("step", 8, accumulate=3, max_steps=4) == 3
+    assert last_progress("epoch", 8, accumulate=3, max_steps=4) == pytest.approx(10 / 8)  # batches 8-10: step 4
+    assert last_progress("epoch", float("inf"), max_epochs=3) is None
+    assert last_progress("epoch", 8) is None

@@ -31,6 +31,14 @@ def test_attention_embedding_and_tied_head_selected_once():
     assert ts[0].param.shape == (11, 8)
 
 
+def test_tie_selected_once_even_when_both_modules_types_are_asked_for():
+    # issue 13 item 1: before, types=[linear, embedding] selected the one Parameter twice (emb.weight and
+    # head.weight), so sharing transformed its gradient twice and pruning/stats counted it twice
+    ts = find_targets(Tied(), types=["linear", "embedding"])
+    assert names(ts) == ["emb.weight", "attn.out_proj.weight"]
+    assert len({id(t.param) for t in ts}) == len(ts)
+
+
 def test_tied_tensor_counted_once_in_stats():
     model = Tied()
     stats = model_stats(model)

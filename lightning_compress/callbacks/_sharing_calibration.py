@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_compress.core.importance import fisher_diagonal
 from lightning_compress.validation import fail
 
 _OWNER = "WeightSharing"
@@ -51,35 +52,26 @@ def training_batches(trainer: pl.Trainer, count: int) -> Iterator[Any]:
         seen += 1
 
 
-def fisher_diagonal(
+def fisher_importance(
     pl_module: pl.LightningModule, params: Sequence[nn.Parameter], batches: Iterator[Any]
 ) -> list[torch.Tensor]:
-    """``mean_b (dL_b/dw)^2`` for each of ``params`` (float32, on the parameter's device) over ``batches``."""
+    """``mean_b (dL_b/dw)^2`` for each of ``params`` (``core.importance.fisher_diagonal``), the loss being the
+    module's ``training_step`` on ``batches``; the fit's gradients are left as they were, nothing is logged."""
     if not pl_module.automatic_optimization:
         fail(_OWNER, "weighting='fisher' calls training_step for calibration, which steps the optimizers itself "
                      "under manual optimization; use weighting=None")
-    saved = [p.grad for p in params]
-    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    count = 0
+    counter = iter(range(1 << 62))
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        return _loss_of(pl_module.training_step(batch, next(counter)))
+
     pl_module.log = pl_module.log_dict = _no_log  # calibration losses are not training metrics
     try:
-        with torch.enable_grad():
-            for i, batch in enumerate(batches):
-                for p in params:
-                    p.grad = None
-                loss = _loss_of(pl_module.training_step(batch, i))
-                grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-                for s, g in zip(sums, grads):
-                    if g is not None:
-                        s.add_(g.detach().float().square())
-                count += 1
+        return fisher_diagonal(pl_module, list(params), batches, loss_fn)
+    except ValueError as err:
+        fail(_OWNER, f"weighting='fisher': {err}")
     finally:
-        for p, g in zip(params, saved):
-            p.grad = g
         del pl_module.log, pl_module.log_dict
-    if count == 0:
-        fail(_OWNER, "weighting='fisher': the train dataloader gave no batch to calibrate on")
-    return [s / count for s in sums]
 
 
-__all__ = ["fisher_diagonal", "training_batches"]
+__all__ = ["fisher_importance", "training_batches"]

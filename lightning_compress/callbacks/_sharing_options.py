@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from lightning_compress.core.bit_allocation import BIT_CHOICES
+from lightning_compress.core.bits import FLOAT_BITS
 from lightning_compress.core.kmeans import INITS
 from lightning_compress.core.sharing import GRANULARITIES
 from lightning_compress.core.targets import resolve_types
@@ -25,6 +27,8 @@ from lightning_compress.validation import (
 OWNER = "WeightSharing"
 #: Widest index the callback accepts (the file format's limit too).
 MAX_BITS = 16
+#: Widths ``bits="auto"`` chooses from (core.bit_allocation.BIT_CHOICES).
+MIN_AUTO_BITS, MAX_AUTO_BITS = min(BIT_CHOICES), max(BIT_CHOICES)
 WEIGHTINGS = (None, "fisher")
 
 
@@ -52,8 +56,12 @@ class SharingOptions:
     @classmethod
     def check(cls, *, bits: Any, start_epoch: Any, start_step: Any, layer_interval: Any, init: Any, reduction: Any,
               types: Any, max_iter: Any, tol: Any, seed: Any, evaluate: Any, eval_batches: Any, log_histograms: Any,
-              granularity: Any, weighting: Any, calibration_batches: Any) -> "SharingOptions":
-        if bits is not None:
+              granularity: Any, weighting: Any, calibration_batches: Any, target_bits: Any) -> "SharingOptions":
+        if bits == "auto":
+            check_number(OWNER, "target_bits", target_bits, low=MIN_AUTO_BITS, high=MAX_AUTO_BITS + FLOAT_BITS)
+        elif target_bits is not None:
+            fail(OWNER, f"target_bits={target_bits!r} is used only with bits='auto' (got bits={bits!r})")
+        elif bits is not None:
             if isinstance(bits, Mapping):
                 check_per_layer(OWNER, "bits", bits, _check_bits_value)
             else:

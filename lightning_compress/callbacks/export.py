@@ -128,18 +128,21 @@ class ExportCompressed(Callback):
         # so the other ranks read the same tensors in the same order (the writer reads each once, in order)
         state = GatheredStateDict(pl_module.state_dict()) if any(map(is_sharded, pl_module.parameters())) else None
         if trainer.is_global_zero:
-            self._export(trainer, pl_module, [name for c in described for name in c.layers], unfinished, state)
+            shared = [name for c in described if c.kind == "share" for name in c.layers]
+            self._export(trainer, pl_module, [name for c in described for name in c.layers], shared, unfinished, state)
         elif state is not None:
             for _ in state.values():
                 pass
         trainer.strategy.barrier("ExportCompressed.on_fit_end")
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, claimed: list[str], unfinished: list[str],
-                state: GatheredStateDict | None = None) -> None:
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, claimed: list[str], shared: list[str],
+                unfinished: list[str], state: GatheredStateDict | None = None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self.report = save_compressed(
+        names = set(pl_module.state_dict())
+        self.report = save_compressed(  # shared layers may hold per-channel / per-group codebooks: detect them
             pl_module, self.path, include=self.include, exclude=self.exclude, also=claimed,
             keep_negative_zero=self.keep_negative_zero, compare_gzip=self.compare_gzip and state is None,
+            groups={n: "auto" for n in shared if n in names},
             state_dict=state,  # gzip of a gathered model would hold it whole: skipped under FSDP2
         )
         self.report.unfinished = list(unfinished)

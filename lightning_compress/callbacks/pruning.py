@@ -1,8 +1,9 @@
 r"""Gradual magnitude pruning during ``Trainer.fit`` (Zhu & Gupta 2017; Han et al. 2015's threshold rule).
 
 At each update point of a schedule the callback recomputes masks (bool, 1 byte per weight, held here,
-never as ``weight_mask`` parametrizations), zeroes the pruned weights in place and keeps them at exactly
-zero for the rest of the fit: their gradients are zeroed before the optimizer step (and before gradient
+never as ``weight_mask`` parametrizations; checkpoints hold them bit-packed, 1/8 byte per weight) with one
+of the rules of :mod:`lightning_compress.core.mask_rules`, zeroes the pruned weights in place and keeps them
+at exactly zero for the rest of the fit: their gradients are zeroed before the optimizer step (and before gradient
 clipping, so the clipping norm ignores them) and the masks are re-applied after *every* optimizer step by
 a ``register_step_post_hook`` on each optimizer. That covers momentum, weight decay, Adam moments,
 gradient accumulation, manual optimization and mixed precision alike.
@@ -33,8 +34,7 @@ or in a LightningCLI config::
 from __future__ import annotations
 
 import math
-import re
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -42,46 +42,29 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_compress.callbacks._strategy import refuse_sharded_strategy
-from lightning_compress.callbacks._logging import log_scalars, tag
-from lightning_compress.core import masks as M
+from lightning_compress.callbacks import _pruning_args as args
+from lightning_compress.callbacks._claims import Claim
 from lightning_compress.callbacks._conflicts import check_compression_callbacks
-from lightning_compress.core.targets import Target, find_targets, per_target_value, resolve_types
-from lightning_compress.schedules.sparsity import (
-    SCHEDULE_NAMES,
-    ExponentialSchedule,
-    MultiStepSchedule,
-    SparsitySchedule,
-    make_schedule,
-)
+from lightning_compress.callbacks._logging import log_scalars, log_text, tag
+from lightning_compress.callbacks._plumbing import DeferredState, StepHook, unwrap_optimizer
+from lightning_compress.callbacks._strategy import refuse_sharded_strategy
+from lightning_compress.core import masks as mask_ops
+from lightning_compress.core.mask_rules import choose_rule
+from lightning_compress.core.targets import Target, find_targets, per_target_value
+from lightning_compress.schedules.reach import last_progress
+from lightning_compress.schedules.sparsity import SparsitySchedule, make_schedule
+from lightning_compress.validation import check_bool, check_choice, check_fraction, check_number, fail
 
-_OWNER = "GradualMagnitudePruning"
+_OWNER = args.OWNER
 #: Without ``end_epoch``, the ramp ends after this fraction of ``max_epochs`` (the rest fine-tunes).
 DEFAULT_RAMP_FRACTION = 0.75
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    values = value.values() if isinstance(value, Mapping) else [value]
-    for v in values:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= float(v) <= 1.0:
-            raise ValueError(f"{_OWNER}: {name} must be in [0, 1] (or a mapping of such), got {value!r}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_exponential(schedule: Any) -> bool:
-    return isinstance(schedule, ExponentialSchedule) or (isinstance(schedule, str) and schedule.lower() == "exponential")
-
-
-def _parse_structure(structure: str | None) -> tuple[int, int] | None:
-    if structure is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(structure))
-    if not match or not 0 < int(match[1]) < int(match[2]):
-        raise ValueError(f"{_OWNER}: structure must look like 'N:M' with 0 < N < M (e.g. '2:4'), got {structure!r}")
-    return int(match[1]), int(match[2])
+#: Schedule names that prune once, at ``start_epoch``: they need no end.
+ONE_SHOT_NAMES = ("constant", "one_shot", "oneshot")
+_EPS = 1e-9
+#: Optimizers whose update leaves a weight at exactly +0.0 when its gradient and its state entries are zero
+#: (SGD with momentum/Nesterov/weight decay, Adam, AdamW while lr * weight_decay < 1). With those, once the
+#: state of the pruned entries is zeroed at a mask update, masking the gradients is all a step needs.
+_ZERO_KEEPING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
 class GradualMagnitudePruning(Callback):
@@ -92,7 +75,8 @@ class GradualMagnitudePruning(Callback):
             (later keys win; ``"*"`` gives a default). Optional with ``structure`` (implied ``1 - N/M``), with
             ``criterion="std"``, or when the schedule object carries its own ``final_sparsity``.
         start_epoch: epoch (fractional allowed) of the first update point.
-        end_epoch: epoch at which the final sparsity is reached; ``None`` = ``start + 0.75 (max_epochs - start)``.
+        end_epoch: epoch at which the final sparsity is reached; ``None`` = ``start + 0.75 (max_epochs - start)``
+            (a one-shot ``schedule="constant"`` needs no end).
         update_every: epochs between mask updates; ``None`` = 10 updates over the ramp.
         schedule: ``"cubic"`` (default, Zhu & Gupta), ``"polynomial"``, ``"linear"``, ``"exponential"``,
             ``"constant"`` (one-shot at ``start_epoch``), a ``{epoch: sparsity}`` mapping (multistep), or a
@@ -132,101 +116,42 @@ class GradualMagnitudePruning(Callback):
         prog_bar: bool = True,
     ) -> None:
         super().__init__()
-        if scope not in ("layer", "global"):
-            raise ValueError(f"{_OWNER}: scope must be 'layer' or 'global', got {scope!r}")
-        if criterion not in ("magnitude", "std"):
-            raise ValueError(f"{_OWNER}: criterion must be 'magnitude' or 'std', got {criterion!r}")
-        if not _is_number(start_epoch) or start_epoch < 0:
-            raise ValueError(f"{_OWNER}: start_epoch must be a finite number >= 0, got {start_epoch!r}")
-        if end_epoch is not None and (not _is_number(end_epoch) or end_epoch < start_epoch):
-            raise ValueError(f"{_OWNER}: end_epoch ({end_epoch!r}) must be a finite number >= start_epoch ({start_epoch})")
-        if update_every is not None and (not _is_number(update_every) or not update_every > 0):
-            raise ValueError(f"{_OWNER}: update_every must be a finite number > 0 (epochs), got {update_every!r}")
-        try:
-            resolve_types(types)
-        except ValueError as err:
-            raise ValueError(f"{_OWNER}: {err}") from None
-        _check_fraction("initial_sparsity", initial_sparsity)
-        self.nm = _parse_structure(structure)
-
-        if isinstance(schedule, Mapping):
-            schedule = MultiStepSchedule(schedule)
-        elif isinstance(schedule, str):
-            if schedule.lower() not in SCHEDULE_NAMES:
-                raise ValueError(f"{_OWNER}: schedule must be one of {list(SCHEDULE_NAMES)}, a mapping or a "
-                                 f"SparsitySchedule; got {schedule!r}")
-        elif not isinstance(schedule, SparsitySchedule):
-            raise ValueError(f"{_OWNER}: schedule must be a name, a {{epoch: sparsity}} mapping or a SparsitySchedule, "
-                             f"got {type(schedule).__name__}")
-        if isinstance(schedule, SparsitySchedule) and end_epoch is not None:
-            rank_zero_warn(f"{_OWNER}: a schedule object brings its own start/end; end_epoch={end_epoch} is ignored")
-
-        if criterion == "std":
-            if sensitivity is None:
-                raise ValueError(f"{_OWNER}: criterion='std' needs sensitivity (Han's q, e.g. 1.0)")
-            for q in sensitivity.values() if isinstance(sensitivity, Mapping) else [sensitivity]:
-                if not isinstance(q, (int, float)) or q < 0:
-                    raise ValueError(f"{_OWNER}: sensitivity must be >= 0 (or a mapping of such), got {sensitivity!r}")
-            if final_sparsity is not None or scope != "layer" or self.nm:
-                raise ValueError(f"{_OWNER}: criterion='std' sets sparsity through sensitivity; do not combine it "
-                                 "with final_sparsity, scope='global' or structure")
-            if _is_exponential(schedule):
-                raise ValueError(f"{_OWNER}: criterion='std' needs a schedule whose ramp reaches 1; not exponential")
-        elif sensitivity is not None:
-            raise ValueError(f"{_OWNER}: sensitivity is only used with criterion='std'")
-
-        if self.nm is not None:
-            implied = 1.0 - self.nm[0] / self.nm[1]
-            if isinstance(final_sparsity, Mapping) or scope != "layer":
-                raise ValueError(f"{_OWNER}: structure={structure!r} takes no per-layer final_sparsity and scope='layer'")
-            if final_sparsity is not None and abs(final_sparsity - implied) > 1e-9:
-                raise ValueError(f"{_OWNER}: final_sparsity={final_sparsity} contradicts structure={structure!r} "
-                                 f"(which means sparsity {implied:g}); drop final_sparsity")
-            final_sparsity = implied
-        if final_sparsity is None and criterion == "magnitude":
-            if isinstance(schedule, SparsitySchedule) and schedule.final_sparsity is not None:
-                final_sparsity = schedule.final_sparsity
-            else:
-                raise ValueError(f"{_OWNER}: final_sparsity is required (a float in [0, 1] or {{glob: float}})")
-        if final_sparsity is not None:
-            _check_fraction("final_sparsity", final_sparsity)
-            if isinstance(final_sparsity, Mapping) and scope == "global":
-                raise ValueError(f"{_OWNER}: scope='global' ranks all layers together; give final_sparsity as one float")
-            lowest = min(final_sparsity.values()) if isinstance(final_sparsity, Mapping) else final_sparsity
-            if lowest < initial_sparsity:
-                raise ValueError(f"{_OWNER}: final_sparsity ({lowest}) is below initial_sparsity ({initial_sparsity})")
-            if _is_exponential(schedule) and (
-                max(final_sparsity.values()) if isinstance(final_sparsity, Mapping) else final_sparsity
-            ) >= 1.0:
-                raise ValueError(f"{_OWNER}: the exponential schedule needs final_sparsity < 1")
-
-        self.final_sparsity = final_sparsity
-        self.start_epoch = float(start_epoch)
-        self.end_epoch = None if end_epoch is None else float(end_epoch)
-        self.update_every = update_every
-        self.schedule_spec = schedule
-        self.initial_sparsity = float(initial_sparsity)
-        self.scope = scope
-        self.criterion = criterion
-        self.sensitivity = sensitivity
-        self.include, self.exclude, self.types = include, exclude, types
+        self.scope = check_choice(_OWNER, "scope", scope, ("layer", "global"))
+        self.criterion = check_choice(_OWNER, "criterion", criterion, ("magnitude", "std"))
+        self.start_epoch = float(check_number(_OWNER, "start_epoch", start_epoch, low=0))
+        self.end_epoch = args.check_end_epoch(end_epoch, self.start_epoch)
+        self.update_every = check_number(_OWNER, "update_every", update_every, low=0, low_open=True, allow_none=True)
+        self.initial_sparsity = float(check_fraction(_OWNER, "initial_sparsity", initial_sparsity))
+        self.schedule_spec = args.check_schedule(schedule, self.end_epoch)
+        self.structure = structure
+        self._group_pattern = args.parse_structure(structure)  # (kept N, group size M) for "N:M"
+        self.sensitivity = args.check_sensitivity(sensitivity, criterion, final_sparsity, scope,
+                                                  self._group_pattern is not None, self.schedule_spec)
+        self.final_sparsity = args.check_final_sparsity(final_sparsity, self.initial_sparsity, criterion, scope,
+                                                        self._group_pattern, self.schedule_spec)
+        self.include, self.exclude, self.types = include, exclude, args.check_types(types)
         self.param_names = tuple(param_names)
-        self.log_layers = log_layers
-        self.prog_bar = prog_bar
+        self.log_layers = check_bool(_OWNER, "log_layers", log_layers)
+        self.prog_bar = check_bool(_OWNER, "prog_bar", prog_bar)
+        self._rule = choose_rule(self.scope, self.criterion, self._group_pattern)
 
-        self.schedule: SparsitySchedule | None = schedule if isinstance(schedule, SparsitySchedule) else None
+        self.schedule: SparsitySchedule | None = self.schedule_spec if isinstance(self.schedule_spec, SparsitySchedule) else None
         self.targets: list[Target] = []
         self.masks: dict[str, torch.Tensor] = {}
         self.last_point: float | None = None
         self.current_target: dict[str, float] = {}
         self.sparsity: float = 0.0
-        self._final: dict[str, float] = {}
-        self._q: dict[str, float] = {}
-        self._loaded: dict[str, Any] | None = None
-        self._handles: list[Any] = []
-        self._hook_fns: list[Any] = []
-        self._multipliers: dict[str, torch.Tensor] = {}
-        self._shown: float | None = None
+        self._level_by_layer: dict[str, float] = {}  # what the schedule ramps each layer to: sparsity, or Han's q
+        self._levels: dict[str, float] = {}  # the levels of the last mask update (saved: a changed target shows)
+        self._held: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # (param, uint8 mask) of pruned layers
+        self._held_by_optimizer: dict[int, list[tuple[torch.nn.Parameter, torch.Tensor]]] = {}
+        self._state_zeroed: set[int] = set()  # optimizers whose state holds zeros at every pruned entry
+        self._grads_masked: set[int] = set()  # optimizers whose gradients were masked before this step
+        self._skip_proven_steps = True  # off for the rest of the fit once a check finds a moved pruned weight
+        self._shown_sparsity: float | None = None
+        self._unfinished: tuple[str, ...] = ()
+        self._deferred = DeferredState()
+        self._step_hook = StepHook(self._reapply_masks)
 
     @property
     @override
@@ -237,6 +162,16 @@ class GradualMagnitudePruning(Callback):
             include=self.include, exclude=self.exclude, types=self.types, param_names=list(self.param_names)
         )
 
+    # ---------------------------------------------------------------- what it will do (read by other callbacks)
+    def describe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Claim:
+        """Which layers this fit prunes, from the first to the last update point of the schedule."""
+        schedule = self._build_schedule(trainer)
+        names = [t.name for t in self._find_targets(pl_module)]
+        complete = self.last_point is not None and self.last_point >= schedule.end - _EPS
+        return Claim(owner=_OWNER, kind="prune", unit=schedule.unit,
+                     layers={name: (schedule.start, schedule.end) for name in names},
+                     done=frozenset(names) if complete else frozenset(), unfinished=self._unfinished)
+
     # ---------------------------------------------------------------- hooks, in the order a fit calls them
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -245,17 +180,15 @@ class GradualMagnitudePruning(Callback):
         refuse_sharded_strategy(trainer, _OWNER)
         check_compression_callbacks(trainer, pl_module, self, stage)
         previous = {t.name: t.param for t in self.targets}
-        self.targets = find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)
-        if self.nm is not None:  # fail now rather than at the first mask update
+        self.targets = self._find_targets(pl_module)
+        if self._group_pattern is not None:  # fail now rather than at the first mask update
+            group = self._group_pattern[1]
             for t in self.targets:
-                cols = t.param.numel() // t.param.shape[0] if t.param.dim() >= 2 else 0
-                if t.param.dim() < 2 or cols % self.nm[1]:
-                    raise ValueError(f"{_OWNER}: structure='{self.nm[0]}:{self.nm[1]}' needs layer {t.name} "
-                                     f"(shape {tuple(t.param.shape)}) to have an input size divisible by {self.nm[1]}")
-        if self.criterion == "std":
-            self._q = per_target_value(self.sensitivity, self.targets, _OWNER, "sensitivity")
-        else:
-            self._final = per_target_value(self.final_sparsity, self.targets, _OWNER, "final_sparsity")
+                if t.param.dim() < 2 or (t.param.numel() // t.param.shape[0]) % group:
+                    fail(_OWNER, f"structure='{self.structure}' needs layer {t.name} (shape {tuple(t.param.shape)}) "
+                                 f"to have an input size divisible by {group}")
+        levels, what = (self.sensitivity, "sensitivity") if self.criterion == "std" else (self.final_sparsity, "final_sparsity")
+        self._level_by_layer = per_target_value(levels, self.targets, _OWNER, what)
         kept = {}
         for t in self.targets:  # a second fit of the same model keeps its masks (they only grow)...
             old = self.masks.get(t.name)
@@ -263,79 +196,110 @@ class GradualMagnitudePruning(Callback):
             kept[t.name] = old.to(t.param.device) if same else torch.ones_like(t.param, dtype=torch.bool)
         if self.masks and not any(previous.get(t.name) is t.param for t in self.targets):
             # ...while another model (same callback object) starts its schedule afresh
-            self.last_point, self.current_target = None, {}
+            self.last_point, self.current_target, self._levels = None, {}, {}
         self.masks = kept
+        self._unfinished = ()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # called after setup and after the model weights were restored; applied once optimizers exist
-        self._loaded = state_dict
+        self._deferred.hold(state_dict)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # restored here, not in on_train_start: resuming from a checkpoint already at max_epochs trains no step
         # and calls no on_train_start, yet the masks must be held (and saved again by trainer.save_checkpoint)
-        if self._loaded is not None:
-            self._restore(self._loaded)
-            self._loaded = None
+        state = self._deferred.take()
+        if state is not None:
+            self._restore(state)
+            self._continue_changed_target(self._build_schedule(trainer))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.schedule = self._build_schedule(trainer)
         if self.schedule.unit == "epoch" and not math.isfinite(trainer.num_training_batches):
-            raise ValueError(f"{_OWNER}: an epoch-based schedule needs a sized train dataloader; "
-                             "pass a step-based schedule (unit='step') instead")
+            fail(_OWNER, "an epoch-based schedule needs a sized train dataloader; "
+                         "pass a step-based schedule (unit='step') instead")
         self._apply_all()
-        self._register_post_step_hooks(trainer)
-        self.sparsity, self._shown = self._achieved()[0], None
-        if self.schedule.unit == "epoch" and trainer.max_epochs not in (None, -1) and self.schedule.end > trainer.max_epochs:
-            rank_zero_warn(f"{_OWNER}: the schedule ends at epoch {self.schedule.end:g} but max_epochs="
-                           f"{trainer.max_epochs}; the final sparsity will not be reached")
+        self._zero_pruned_state(trainer.optimizers)
+        self._step_hook.attach_all(trainer.optimizers)
+        owned = {id(p) for o in trainer.optimizers for g in o.param_groups for p in g["params"]}
+        orphans = [t.name for t in self.targets if id(t.param) not in owned]
+        if orphans and trainer.optimizers:
+            rank_zero_info(f"{_OWNER}: {len(orphans)} pruned tensors are in no optimizer; they stay as pruned")
+        self.sparsity, self._shown_sparsity = self._achieved()[0], None
+        self._warn_if_unreachable(trainer, pl_module)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._maybe_update(trainer, batch_idx)
+        point = self.schedule.update_point(self.progress(trainer, batch_idx))
+        if point is not None and point != self.last_point:
+            self.update_masks(point)
+            self._zero_pruned_state(trainer.optimizers)
+            self.last_point = point
+            self._log(trainer)
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         # before Lightning's gradient clipping: pruned weights take no part in the norm nor in the update
-        for t in self.targets:
-            grad, mask = t.param.grad, self._multipliers.get(t.name)
-            if grad is not None and mask is not None:
-                grad.mul_(mask)
+        for param, mask in self._held:
+            if param.grad is not None:
+                param.grad.mul_(mask)
+        self._grads_masked.add(id(unwrap_optimizer(optimizer)))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # the progress bar keeps the last value, so log only when it changes (self.log is not free per step)
-        if self.prog_bar and self._shown != self.sparsity:
+        if self.prog_bar and self._shown_sparsity != self.sparsity:
             pl_module.log("sparsity", self.sparsity, prog_bar=True, logger=False, on_step=True, on_epoch=False)
-            self._shown = self.sparsity
+            self._shown_sparsity = self.sparsity
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_zeros_held()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_zeros_held()
+        self._note_unfinished(trainer)  # before every on_fit_end, so ExportCompressed sees it in describe()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._note_unfinished(trainer)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hooks(trainer)
+        self._step_hook.detach(trainer.optimizers)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks(trainer)
+        self._step_hook.detach(trainer.optimizers)
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # bit-packed: 1/8 byte per weight in the checkpoint (the live masks are bool, 1 byte per weight)
         return {
-            "masks": {name: m.detach().cpu().clone() for name, m in self.masks.items()},
+            "masks": {name: mask_ops.pack_mask(m) for name, m in self.masks.items()},
+            "mask_shapes": {name: list(m.shape) for name, m in self.masks.items()},
             "last_point": self.last_point,
             "current_target": dict(self.current_target),
+            "levels": dict(self._levels),
             "unit": None if self.schedule is None else self.schedule.unit,
         }
 
-    # ---------------------------------------------------------------- internals
+    # ---------------------------------------------------------------- schedule and progress
+    def _find_targets(self, pl_module: pl.LightningModule) -> list[Target]:
+        return find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)
+
     def _build_schedule(self, trainer: pl.Trainer) -> SparsitySchedule:
         if isinstance(self.schedule_spec, SparsitySchedule):
             return self.schedule_spec
         end = self.end_epoch
-        if end is None:
+        if self.schedule_spec.lower() in ONE_SHOT_NAMES:
+            end = self.start_epoch  # one-shot: nothing to ramp, no end needed
+        elif end is None:
             if trainer.max_epochs in (None, -1):
-                raise ValueError(f"{_OWNER}: end_epoch is required when the Trainer has no max_epochs")
+                fail(_OWNER, "end_epoch is required when the Trainer has no max_epochs")
             end = self.start_epoch + DEFAULT_RAMP_FRACTION * max(0.0, trainer.max_epochs - self.start_epoch)
         return make_schedule(self.schedule_spec, start=self.start_epoch, end=end, frequency=self.update_every,
                              unit="epoch", initial_sparsity=self.initial_sparsity)
@@ -350,111 +314,170 @@ class GradualMagnitudePruning(Callback):
             return float(trainer.global_step)
         return trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
 
+    def _warn_if_unreachable(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Before the first step: say so when ``max_epochs``/``max_steps`` stop the fit before the ramp ends."""
+        unit, end = self.schedule.unit, self.schedule.end
+        max_epochs = None if trainer.max_epochs in (None, -1) else trainer.max_epochs
+        max_steps = None if trainer.max_steps in (None, -1) else trainer.max_steps
+        if not pl_module.automatic_optimization:  # steps per batch unknown: only max_epochs can be judged
+            if unit == "step":
+                return
+            max_steps = None
+        last = last_progress(unit, trainer.num_training_batches, trainer.accumulate_grad_batches, max_epochs, max_steps)
+        if last is not None and end > last + _EPS and (self.last_point is None or self.last_point < end - _EPS):
+            limits = ", ".join(f"{k}={v}" for k, v in (("max_epochs", max_epochs), ("max_steps", max_steps)) if v is not None)
+            rank_zero_warn(f"{_OWNER}: the schedule ends at {unit} {end:g} but the last batch of this fit starts at "
+                           f"{unit} {last:g} ({limits}); the final sparsity will not be reached")
+
+    def _note_unfinished(self, trainer: pl.Trainer) -> None:
+        """At the end of training: if the ramp did not reach its end, warn and record what is missing."""
+        sched = self.schedule
+        if sched is None or not self.targets or (self.last_point is not None and self.last_point >= sched.end - _EPS):
+            return
+        zeros, asked = self._achieved()[1], self._rule.asked(self._scheduled_levels(sched, sched.end))
+        if asked is None:
+            notes = [f"{t.name}: {zeros[t.name]:.1%} sparse, threshold ramp unfinished" for t in self.targets]
+        else:
+            notes = [f"{t.name}: {zeros[t.name]:.1%} sparse, {a:.1%} asked" for t, a in zip(self.targets, asked)]
+        self._unfinished = tuple(notes)
+        where = "not started" if self.last_point is None else f"last update at {sched.unit} {self.last_point:g}"
+        text = (f"{_OWNER}: training stopped before the pruning schedule ended ({sched.unit} {sched.end:g}; "
+                f"{where}): " + "; ".join(notes))
+        rank_zero_warn(text)
+        log_text(trainer, tag("unfinished", "pruning"), text)
+
+    # ---------------------------------------------------------------- masks
     def _restore(self, state: dict[str, Any]) -> None:
-        saved = state.get("masks", {})
+        saved, shapes = state.get("masks", {}), state.get("mask_shapes", {})
         missing = [t.name for t in self.targets if t.name not in saved]
         if missing:
-            raise ValueError(f"{_OWNER}: the checkpoint has no masks for {missing}; was it made with other layers?")
+            fail(_OWNER, f"the checkpoint has no masks for {missing}; was it made with other layers?")
         for t in self.targets:
             mask = saved[t.name]
-            if mask.shape != t.param.shape:
-                raise ValueError(f"{_OWNER}: checkpoint mask for {t.name} has shape {tuple(mask.shape)}, "
-                                 f"the layer {tuple(t.param.shape)}")
+            shape = tuple(mask.shape) if mask.dtype == torch.bool else tuple(shapes.get(t.name, ()))
+            if shape != tuple(t.param.shape):
+                fail(_OWNER, f"checkpoint mask for {t.name} has shape {shape}, the layer {tuple(t.param.shape)}")
+            if mask.dtype != torch.bool:  # bit-packed (older checkpoints hold bool masks)
+                try:
+                    mask = mask_ops.unpack_mask(mask, shape)
+                except ValueError as err:
+                    fail(_OWNER, f"checkpoint mask for {t.name}: {err}")
             self.masks[t.name] = mask.to(device=t.param.device, dtype=torch.bool)
         self.last_point = state.get("last_point")
         self.current_target = dict(state.get("current_target", {}))
+        self._levels = dict(state.get("levels", self.current_target))
 
-    def _apply_all(self) -> None:
-        for t in self.targets:
-            M.apply_mask_(t.param, self.masks[t.name])
-        # Hot-path multipliers: the same bytes viewed as uint8 (float * uint8 is ~3x faster than float * bool
-        # in PyTorch's CPU kernels); layers with nothing pruned are skipped entirely.
-        self._multipliers = {
-            t.name: self.masks[t.name].view(torch.uint8) for t in self.targets if not bool(self.masks[t.name].all())
-        }
+    def _continue_changed_target(self, sched: SparsitySchedule) -> None:
+        """Resumed after the ramp ended with another target: prune on to a higher one, refuse a lower one."""
+        if self.criterion == "std" or self.last_point is None or self.last_point < sched.end - _EPS:
+            return  # mid-ramp the next update point uses the new target anyway
+        new = dict(zip((t.name for t in self.targets), self._scheduled_levels(sched, sched.end)))
+        old = {name: self._levels.get(name, level) for name, level in new.items()}
+        lower = [name for name in new if new[name] < old[name] - _EPS]
+        if lower:
+            name = lower[0]
+            fail(_OWNER, f"final_sparsity {new[name]:g} for {name} is below the {old[name]:g} its checkpoint masks "
+                         "already prune (the ramp ended there); masks only grow: resume with final_sparsity >= "
+                         f"{old[name]:g}, or start from the dense weights")
+        higher = [name for name in new if new[name] > old[name] + _EPS]
+        if higher:
+            changes = ", ".join(f"{n} {old[n]:g} -> {new[n]:g}" for n in higher)
+            rank_zero_info(f"{_OWNER}: final_sparsity changed after the ramp ended ({changes}); "
+                           "pruning on to the new target at the next batch")
+            self.last_point = None  # the end point is due again, with the new target
 
-    def _register_post_step_hooks(self, trainer: pl.Trainer) -> None:
-        self._remove_hooks(trainer)
-        by_id = {id(t.param): t for t in self.targets}
-        for opt in trainer.optimizers:
-            mine = [by_id[id(p)] for g in opt.param_groups for p in g["params"] if id(p) in by_id]
-            if mine:
-                hook = self._make_post_hook(mine)
-                self._hook_fns.append(hook)
-                self._handles.append(opt.register_step_post_hook(hook))
-        orphans = set(by_id) - {id(p) for o in trainer.optimizers for g in o.param_groups for p in g["params"]}
-        if orphans and trainer.optimizers:
-            rank_zero_info(f"{_OWNER}: {len(orphans)} pruned tensors are in no optimizer; they stay as pruned")
-
-    def _make_post_hook(self, targets: list[Target]):
-        def reapply(optimizer: Any, args: Any, kwargs: Any) -> None:
-            with torch.no_grad():
-                for t in targets:
-                    mask = self._multipliers.get(t.name)
-                    if mask is not None:
-                        # + 0.0 turns the -0.0 that stale momentum leaves (negative x 0) into +0.0
-                        t.param.mul_(mask).add_(0.0)
-
-        return reapply
-
-    def _remove_hooks(self, trainer: pl.Trainer | None = None) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        # copies of our hooks on optimizers rebuilt mid-fit (LowRankFactorization carries hooks over)
-        for opt in trainer.optimizers if trainer is not None else []:
-            hooks = opt._optimizer_step_post_hooks
-            for key in [k for k, fn in hooks.items() if any(fn is mine for mine in self._hook_fns)]:
-                del hooks[key]
-        self._hook_fns = []
-
-    def _maybe_update(self, trainer: pl.Trainer, batch_idx: int) -> None:
-        point = self.schedule.update_point(self.progress(trainer, batch_idx))
-        if point is None or point == self.last_point:
-            return
-        self.update_masks(point)
-        self.last_point = point
-        self._log(trainer)
+    def _scheduled_levels(self, sched: SparsitySchedule, point: float) -> list[float]:
+        """What the schedule asks of each layer at ``point``: a sparsity, or Han's q times the ramp."""
+        initial = 0.0 if self.criterion == "std" else None
+        return [sched.target(point, final=self._level_by_layer[t.name], initial=initial) for t in self.targets]
 
     def update_masks(self, point: float) -> None:
         """Recompute masks for the schedule's target at ``point`` and zero the newly pruned weights."""
-        sched, params = self.schedule, [t.param for t in self.targets]
         for t in self.targets:  # NaN has no magnitude: a diverged layer must not be pruned as if it were fine
-            if not bool(torch.isfinite(t.param).all()):
+            if t.param.numel() and not all(math.isfinite(v) for v in map(float, torch.aminmax(t.param.detach()))):
                 bad = int((~torch.isfinite(t.param)).sum())
                 raise FloatingPointError(f"{_OWNER}: layer {t.name} has {bad} non-finite weights (NaN/inf) at the "
-                                         f"mask update at {sched.unit} {point:g}; training diverged before pruning "
-                                         "(lower the learning rate, clip gradients)")
-        if self.criterion == "std":
-            ramp = sched.target(point, final=1.0, initial=0.0)
-            for t in self.targets:
-                q = self._q[t.name] * ramp
-                self.masks[t.name] = M.threshold_mask(t.param, q, self.masks[t.name])
-                self.current_target[t.name] = M.sparsity(self.masks[t.name])
-        elif self.scope == "global":
-            target = sched.target(point, final=self.final_sparsity)
-            new = M.global_magnitude_masks(params, target, [self.masks[t.name] for t in self.targets])
-            for t, m in zip(self.targets, new):
-                self.masks[t.name] = m
-                self.current_target[t.name] = target
-        elif self.nm is not None:
-            n, m = self.nm
-            target = sched.target(point, final=self._final[self.targets[0].name])
-            keep = max(n, m - int(round(target * m)))
-            for t in self.targets:
-                self.masks[t.name] = M.nm_mask(t.param, keep, m, self.masks[t.name])
-                self.current_target[t.name] = 1.0 - keep / m
-        else:
-            for t in self.targets:
-                target = sched.target(point, final=self._final[t.name])
-                self.masks[t.name] = M.magnitude_mask(t.param, target, self.masks[t.name])
-                self.current_target[t.name] = target
+                                         f"mask update at {self.schedule.unit} {point:g}; training diverged before "
+                                         "pruning (lower the learning rate, clip gradients)")
+        levels = self._scheduled_levels(self.schedule, point)
+        new, targets = self._rule([t.param for t in self.targets], [self.masks[t.name] for t in self.targets], levels)
+        for t, mask, target, level in zip(self.targets, new, targets, levels):
+            self.masks[t.name], self.current_target[t.name], self._levels[t.name] = mask, target, level
         self._apply_all()
 
+    def _apply_all(self) -> None:
+        """Zero the pruned weights and rebuild the hot-path list of (parameter, uint8 mask) of pruned layers.
+
+        ``float * uint8`` is faster than ``float * bool`` in PyTorch's CPU kernels; the uint8 view shares the
+        mask's bytes. Layers with nothing pruned are left out of the per-step work entirely.
+        """
+        self._held = []
+        for t in self.targets:
+            mask = self.masks[t.name]
+            if int(torch.count_nonzero(mask)) < mask.numel():
+                self._held.append((t.param, mask.view(torch.uint8)))
+                mask_ops.apply_mask_(t.param, mask, self._held[-1][1])
+        self._held_by_optimizer, self._state_zeroed = {}, set()
+
+    def _zero_pruned_state(self, optimizers: Sequence[Any]) -> None:
+        """Zero the optimizer state (momentum, Adam moments) of pruned entries, once per mask change.
+
+        Stale momentum is what would move a pruned weight; without it, an optimizer of ``_ZERO_KEEPING`` keeps
+        pruned weights at +0.0 by itself, and the per-step re-masking can be skipped (see ``_reapply_masks``).
+        """
+        for optimizer in map(unwrap_optimizer, optimizers):
+            with torch.no_grad():
+                for param, mask in self._held:
+                    for value in optimizer.state.get(param, {}).values():
+                        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                            value.mul_(mask)
+            self._state_zeroed.add(id(optimizer))
+
+    def _step_kept_zeros(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether this step provably left every pruned weight at +0.0 (so re-masking would change nothing)."""
+        masked = id(optimizer) in self._grads_masked
+        self._grads_masked.discard(id(optimizer))
+        if not masked or not self._skip_proven_steps or type(optimizer) not in _ZERO_KEEPING or id(optimizer) not in self._state_zeroed:
+            return False
+        if type(optimizer) is torch.optim.AdamW:  # decoupled decay multiplies by 1 - lr * wd: keep it positive
+            return all(float(g["lr"]) * float(g["weight_decay"]) < 1 for g in optimizer.param_groups)
+        return True
+
+    def _check_zeros_held(self) -> None:
+        """Once per epoch: a pruned weight that moved (something changed gradients after this callback masked
+        them) is zeroed again, said once, and every later step is re-masked."""
+        moved = [p for p, m in self._held if bool(torch.logical_and(p.detach() != 0, m == 0).any())]
+        if moved and self._skip_proven_steps:
+            rank_zero_warn(f"{_OWNER}: {len(moved)} pruned tensors held non-zero weights at the epoch end (a hook "
+                           "changed gradients after this callback masked them?); zeroed again, and re-masked "
+                           "after every step from now on")
+            self._skip_proven_steps = False
+        if moved:
+            self._apply_all()
+
+    def _reapply_masks(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """After every optimizer step: momentum, weight decay or Adam moments may have moved pruned weights.
+
+        Skipped when the step provably kept them at +0.0: the gradients were masked before it (Lightning's
+        ``on_before_optimizer_step``, also under manual optimization through ``self.optimizers()``), the
+        optimizer is one of ``_ZERO_KEEPING`` and its state of pruned entries was zeroed at the mask update.
+        A step that bypasses Lightning (a raw optimizer) or any other optimizer is re-masked.
+        """
+        if self._step_kept_zeros(optimizer):
+            return
+        held = self._held_by_optimizer.get(id(optimizer))
+        if held is None:
+            owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            held = self._held_by_optimizer[id(optimizer)] = [(p, m) for p, m in self._held if id(p) in owned]
+        with torch.no_grad():
+            for param, mask in held:
+                param.mul_(mask).add_(0.0)  # + 0.0 turns the -0.0 of (negative x 0) into +0.0
+
+    # ---------------------------------------------------------------- what is logged
     def _achieved(self) -> tuple[float, dict[str, float]]:
         per_layer, zeros, total = {}, 0, 0
         for t in self.targets:
-            z = int((t.param.detach() == 0).sum())
+            z = t.param.numel() - int(torch.count_nonzero(t.param.detach()))
             per_layer[t.name] = z / t.param.numel()
             zeros, total = zeros + z, total + t.param.numel()
         return (zeros / total if total else 0.0), per_layer

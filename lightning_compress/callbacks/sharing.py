@@ -54,12 +54,13 @@ from lightning_compress.callbacks._conflicts import check_compression_callbacks,
 from lightning_compress.callbacks._evaluate import validation_accuracy
 from lightning_compress.callbacks._logging import log_histogram, log_scalars, log_text, tag
 from lightning_compress.callbacks._plumbing import DeferredState, StepHook, unwrap_optimizer
-from lightning_compress.callbacks._sharing_calibration import fisher_diagonal, training_batches
+from lightning_compress.callbacks._sharing_calibration import fisher_importance, training_batches
 from lightning_compress.callbacks._sharing_layers import (
     SharedLayer, local_part, projection_for, sharing_metrics, sync_optimizer_state,
 )
 from lightning_compress.callbacks._sharing_options import OWNER, SharingOptions
 from lightning_compress.callbacks._strategy import fsdp2_strategy, refuse_sharded_strategy
+from lightning_compress.core.bit_allocation import allocate_bits, budget_for_average, measure_layer
 from lightning_compress.core.distributed import full_tensor, local_tensor, shard_count
 from lightning_compress.core.sharing import SharedWeight, cluster_weight, codebook_size, rows_per_group
 from lightning_compress.core.targets import Target, find_targets, per_target_value
@@ -76,7 +77,8 @@ class WeightSharing(Callback):
     Args:
         bits: bits per weight index, an int or ``{glob or type alias: int}`` (e.g. ``{"conv": 8, "linear": 5}``);
             ``None`` means Deep Compression's conv 8 / fully connected 5. k = 2^bits centroids per codebook, or
-            2^bits - 1 when the layer has pruned zeros (one of the 2^bits codes is zero's).
+            2^bits - 1 when the layer has pruned zeros (one of the 2^bits codes is zero's). ``"auto"``: bits per
+            layer (2..8) chosen at clustering for an average of ``target_bits`` per kept weight.
         start_epoch: epoch at whose start clustering happens (default 0 when ``start_step`` is not given).
         start_step: global step at which clustering happens instead (exclusive with ``start_epoch``).
         layer_interval: epochs (or steps) between layers when clustering layer by layer, in model order;
@@ -93,11 +95,13 @@ class WeightSharing(Callback):
         weighting: ``None`` (every weight counts equally) or ``"fisher"`` (importance-weighted k-means, the
             importance being the mean squared training-loss gradient over ``calibration_batches`` batches).
         calibration_batches: training batches for the Fisher importance.
+        target_bits: with ``bits="auto"``: average stored bits per kept weight (indices plus every codebook);
+            each layer's bits minimise the summed importance-weighted quantization error within that budget.
     """
 
     def __init__(
         self,
-        bits: int | Mapping[str, int] | None = None,
+        bits: int | Mapping[str, int] | str | None = None,
         start_epoch: int | None = None,
         start_step: int | None = None,
         layer_interval: int = 0,
@@ -115,12 +119,13 @@ class WeightSharing(Callback):
         granularity: str | int = "tensor",
         weighting: str | None = None,
         calibration_batches: int = 8,
+        target_bits: float | None = None,
     ) -> None:
         self.options = SharingOptions.check(
             bits=bits, start_epoch=start_epoch, start_step=start_step, layer_interval=layer_interval, init=init,
             reduction=reduction, types=types, max_iter=max_iter, tol=tol, seed=seed, evaluate=evaluate,
             eval_batches=eval_batches, log_histograms=log_histograms, granularity=granularity, weighting=weighting,
-            calibration_batches=calibration_batches,
+            calibration_batches=calibration_batches, target_bits=target_bits,
         )
         self.schedule = self.options.schedule()
         self.bits = dict(bits) if isinstance(bits, Mapping) else bits
@@ -130,6 +135,9 @@ class WeightSharing(Callback):
         self.max_iter, self.tol, self.seed = max_iter, tol, seed
         self.evaluate, self.eval_batches, self.log_histograms = evaluate, eval_batches, log_histograms
         self.granularity, self.weighting, self.calibration_batches = granularity, weighting, calibration_batches
+        self.target_bits = target_bits
+        #: ``{layer: bits}`` chosen by ``bits="auto"`` (also in the checkpoint, per layer, as ``bits``).
+        self.chosen_bits: dict[str, int] = {}
 
         self.targets: list[Target] = []
         self._bits: dict[str, int] = {}
@@ -138,6 +146,7 @@ class WeightSharing(Callback):
         self._hook = StepHook(self._after_step)
         self._synced: set[int] = set()  # ids of optimizers whose state is uniform inside every cluster
         self._scan_zeros = True
+        self._pruning_live = False
         self.accuracy_before: float | None = None
         self.accuracy_after: float | None = None
 
@@ -181,7 +190,9 @@ class WeightSharing(Callback):
         for layer in self._layers.values():  # the model may have moved since the last fit: codebooks follow it
             if layer.shared.assignment.device != layer.param.device:
                 layer.shared = layer.shared.to(layer.param.device)
-        if self.bits is None:
+        if self.bits == "auto":  # chosen at clustering from measured errors; restored layers keep theirs
+            self._bits = {name: layer.bits for name, layer in self._layers.items()}
+        elif self.bits is None:
             self._bits = {t.name: DEFAULT_CONV_BITS if t.is_conv else DEFAULT_FC_BITS for t in self.targets}
         else:
             self._bits = per_target_value(self.bits, self.targets, owner=OWNER, what="bits")
@@ -204,6 +215,7 @@ class WeightSharing(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._scan_zeros = True  # zeros written between epochs (by any callback) are absorbed at the next step
+        self._pruning_live = self._pruning_active(trainer, pl_module)
         if self.schedule.unit == "epoch":
             self._cluster_due(trainer, pl_module, trainer.current_epoch)
 
@@ -220,7 +232,7 @@ class WeightSharing(Callback):
             sync_optimizer_state(optimizer, self._layers.values())
             self._synced.add(id(optimizer))
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        scan = self._scan_zeros or self._pruning_active(trainer, pl_module)
+        scan = self._scan_zeros or self._pruning_live
         self._scan_zeros = False
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         with torch.no_grad():
@@ -278,6 +290,8 @@ class WeightSharing(Callback):
                     f"(NaN/inf) at clustering ({self.schedule.unit} {progress}); k-means cannot place them")
         before = self._accuracy(trainer, pl_module)
         importance = self._importance(trainer, pl_module, [by_name[n] for n in due])
+        if self.bits == "auto":
+            self._choose_bits(trainer, [by_name[n] for n in due], importance)
         for name in due:
             self._cluster(trainer, by_name[name], importance.get(name))
         sync_optimizer_state_all(trainer.optimizers, [self._layers[n] for n in due])
@@ -308,11 +322,28 @@ class WeightSharing(Callback):
         if self.log_histograms and shared.k:
             log_histogram(trainer, tag("sharing", "centroids", target.name), shared.centroids)
 
+    def _choose_bits(self, trainer: pl.Trainer, targets: list[Target], importance: dict[str, torch.Tensor]) -> None:
+        """Bits per layer (2..8) for an average of ``target_bits`` per kept weight (codebooks included), from
+        each layer's importance-weighted quantization error measured at every width (``core.bit_allocation``)."""
+        kwargs = dict(init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol)
+        costs = [measure_layer(t.name, full_tensor(t.param), importance.get(t.name), self.granularity, **kwargs)
+                 for t in targets]
+        try:
+            chosen = allocate_bits(costs, budget_for_average(costs, self.target_bits))
+        except ValueError as err:
+            fail(OWNER, f"target_bits={self.target_bits}: {err}")
+        chosen = trainer.strategy.broadcast(chosen, src=0)  # (Fisher weights differ per rank)
+        self._bits.update(chosen)
+        self.chosen_bits.update(chosen)
+        log_text(trainer, tag("sharing", "chosen_bits"), ", ".join(f"{n}: {b}" for n, b in self.chosen_bits.items()))
+        rank_zero_info(f"{OWNER}: bits='auto' at {self.target_bits} bits per weight chose "
+                       + ", ".join(f"{n} {b} bits" for n, b in chosen.items()))
+
     def _importance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, targets: list[Target]) -> dict[str, torch.Tensor]:
         if self.weighting != "fisher":
             return {}
         batches = training_batches(trainer, self.calibration_batches)
-        fisher = fisher_diagonal(pl_module, [t.param for t in targets], batches)
+        fisher = fisher_importance(pl_module, [t.param for t in targets], batches)
         return {t.name: f for t, f in zip(targets, fisher)}
 
     def _attach(self, target: Target, bits: int, shared: SharedWeight) -> None:
@@ -360,12 +391,12 @@ class WeightSharing(Callback):
                 layer.shared.project(local_tensor(layer.param), projection)
 
     def _pruning_active(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """Whether a pruning callback may still zero weights of a shared layer (then new zeros are looked for
-        at every step; otherwise once per epoch)."""
+        """Whether a pruning callback may still zero weights of a shared layer in this epoch (then new zeros are
+        looked for at every step; otherwise at the first step of each epoch)."""
         for _, claim in claims(trainer, pl_module):
             if claim.kind != "prune" or claim.posthoc:
                 continue
-            now = trainer.current_epoch if claim.unit == "epoch" else trainer.global_step
+            now = trainer.current_epoch if claim.unit == "epoch" else trainer.global_step  # the epoch's start
             if any(name in self._layers and end >= now for name, (_, end) in claim.layers.items()):
                 return True
         return False

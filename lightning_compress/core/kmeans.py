@@ -16,18 +16,33 @@ their current centroid, which leaves its old cluster (an O(n) pass, only in iter
 cluster). A cluster still empty at the end is dropped, so a layer may end with fewer than k centroids.
 With at most k distinct values the distinct values themselves are the optimal codebook and are returned
 directly (constant layers included).
+
+Weighted k-means (``weights``: e.g. the Fisher diagonal, SqueezeLLM / Apple's SKM) minimises
+sum_i w_i (x_i - c_{a_i})^2 with the same structure: prefix sums of w, w x and w x^2 replace counts, sums and
+sums of squares, a cluster's centroid is its weighted mean, and a cluster of zero total weight counts as
+empty. Zero-weight points still get the nearest centroid; they pull on none.
+
+Prefix-sum differences can cancel catastrophically (a subnormal after -1 sums to exactly -1), so once the
+assignment settles (or cycles) the cell sums are recomputed inside each cell and Lloyd continues until the
+assignment is stable under those exact means: the result is a true Lloyd fixed point.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
-Init = Literal["linear", "density", "random", "kmeans++"]
-INITS: tuple[str, ...] = ("linear", "density", "random", "kmeans++")
+from lightning_compress.core.kmeans_init import (
+    INITS,
+    Init,
+    cell_bounds,
+    init_sorted,
+    prefix_sum,
+    sort_pairs,
+    sort_values,
+)
 
 
 @dataclass
@@ -41,110 +56,103 @@ class KMeansResult:
     converged: bool
 
 
-def _prefix_sum(values: torch.Tensor) -> torch.Tensor:
-    """``[0, v0, v0+v1, ...]`` (n+1 entries) without an extra copy."""
-    out = values.new_zeros(values.numel() + 1)
-    torch.cumsum(values, 0, out=out[1:])
-    return out
-
-
-def _sorted(flat: torch.Tensor) -> torch.Tensor:
-    """Values sorted ascending. On CPU NumPy's sort is 2-3x faster than ``torch.sort`` (no indices needed)."""
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.sort(flat.numpy()))
-    return torch.sort(flat)[0]
-
-
-def _generator(seed: int | None) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(0 if seed is None else int(seed))
-    return g
-
-
-def _cell_bounds(xs: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Start/end offsets in sorted float64 ``xs`` of each centroid's cell: ``bounds[j]:bounds[j+1]``."""
-    mid = (centroids[:-1] + centroids[1:]) * 0.5
-    if xs.device.type == "cpu":  # k queries: NumPy's searchsorted has ~100x less per-call overhead on CPU
-        inner = torch.from_numpy(np.searchsorted(xs.numpy(), mid.numpy(), side="right"))
-    else:
-        inner = torch.searchsorted(xs, mid, right=True)
-    return torch.cat([inner.new_zeros(1), inner, inner.new_tensor([xs.numel()])])
-
-
-def _kmeanspp(xs: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ (D^2 sampling) on sorted data without an O(n k) distance matrix.
-
-    A new centre only changes the distances inside its Voronoi cell, a contiguous run of ``xs``; the mass of
-    every cell comes from prefix sums, so each draw picks a cell by mass (O(k)) and then a point inside it.
-    """
-    n = xs.numel()
-    x64 = xs.double()
-    s1 = torch.cat([x64.new_zeros(1), x64.cumsum(0)])
-    s2 = torch.cat([x64.new_zeros(1), (x64 * x64).cumsum(0)])
-    centres = xs[torch.randint(n, (1,), generator=gen)].double()
-    while centres.numel() < k:
-        b = _cell_bounds(x64, centres)
-        lo, hi = b[:-1], b[1:]
-        cnt = (hi - lo).double()
-        mass = (s2[hi] - s2[lo]) - 2 * centres * (s1[hi] - s1[lo]) + centres * centres * cnt
-        mass = mass.clamp_min(0)
-        if float(mass.sum()) <= 0:
-            break
-        j = int(torch.multinomial(mass, 1, generator=gen))
-        seg = (x64[lo[j] : hi[j]] - centres[j]) ** 2
-        cum = seg.cumsum(0)
-        u = torch.rand((), generator=gen, dtype=torch.float64) * cum[-1]
-        pick = int(torch.searchsorted(cum, u.reshape(1), right=True).clamp_max(seg.numel() - 1))
-        new = x64[lo[j] + pick]
-        centres, _ = torch.sort(torch.cat([centres, new.reshape(1)]))
-    return centres
-
-
-def init_centroids(x: torch.Tensor, k: int, init: Init = "linear", seed: int | None = 0) -> torch.Tensor:
+def init_centroids(
+    x: torch.Tensor, k: int, init: Init = "linear", seed: int | None = 0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Initial centroids (float64, sorted) for 1-D data ``x`` — the four inits of Deep Compression's study.
 
     ``linear``: evenly spaced over [min, max] (the paper's best; keeps the rare large weights represented).
     ``density``: the (i + 1/2)/k quantiles, i.e. evenly spaced on the CDF. ``random`` (Forgy): k distinct
-    data points (distinct positions) drawn uniformly. ``kmeans++``: D^2 sampling. Deterministic for a given ``seed``.
+    data points (distinct positions) drawn uniformly. ``kmeans++``: D^2 sampling. Deterministic for a given
+    ``seed``. With ``weights``: over the positive-weight points, weighted quantiles, draws proportional to
+    weight (``linear`` and ``density`` equal the unweighted inits for unit weights).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    xs = x.detach().reshape(-1)
-    if xs.numel() == 0:
+    flat = x.detach().reshape(-1)
+    if flat.numel() == 0:
         raise ValueError("cannot initialise k-means on an empty tensor")
-    xs = _sorted(xs)
-    return _init_sorted(xs, k, init, seed)
+    w = _check_weights(weights, flat)
+    if w is None:
+        return init_sorted(sort_values(flat), k, init, seed)
+    xs, ws = sort_pairs(flat, w)
+    return init_sorted(xs, k, init, seed, ws)
 
 
-def _init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None) -> torch.Tensor:
-    n = xs.numel()
-    if init == "linear":
-        c = torch.linspace(float(xs[0]), float(xs[-1]), k, dtype=torch.float64)
-    elif init == "density":
-        q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
-        c = xs[(q * (n - 1)).round().long()].double()
-    elif init == "random":
-        gen = _generator(seed)
-        c = xs[torch.randperm(n, generator=gen)[: min(k, n)]].double()
-    elif init == "kmeans++":
-        c = _kmeanspp(xs, k, _generator(seed))
-    else:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    return torch.sort(c)[0]
+def _check_weights(weights: torch.Tensor | None, flat: torch.Tensor) -> torch.Tensor | None:
+    """Flat weights, or None for unit weights (also when every weight is zero: nothing to prefer)."""
+    if weights is None:
+        return None
+    w = weights.detach().reshape(-1).to(flat.device)
+    if w.numel() != flat.numel():
+        raise ValueError(f"weights must have one entry per value ({flat.numel()}), got {w.numel()}")
+    if not w.is_floating_point():
+        w = w.float()
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("weights must be finite and >= 0")
+    if not bool((w > 0).any()):
+        return None
+    return w
 
 
-def _relocate_empty(
-    x64: torch.Tensor, c: torch.Tensor, bounds: torch.Tensor, sums: torch.Tensor, cnt: torch.Tensor
-) -> None:
-    """Give each empty cluster one of the points farthest from their centroid (in place on sums/cnt).
+class _Cells:
+    """Sorted data, optional weights, and the prefix sums that give any cell's weight and weighted sum.
 
-    Same rule as scikit-learn's Lloyd: distances to the centroids used for this assignment, the m farthest
-    points for m empty clusters, each point removed from its old cluster's sum. In 1-D the points of a cell
-    farthest from its centroid sit at the cell's two ends, so only the m outermost points on each side of
-    each cell are candidates: O(k m) work instead of a pass over all n points.
+    ``w is None`` means unit weights (the weight of a cell is its size, no extra arrays). ``exact=True``
+    sums inside each cell instead of differencing prefix sums (O(n) instead of O(k)).
     """
-    empty = torch.nonzero(cnt == 0).reshape(-1)
-    m = empty.numel()
+
+    def __init__(self, x64: torch.Tensor, w64: torch.Tensor | None):
+        self.x, self.w = x64, w64
+        self.wx = x64 if w64 is None else w64 * x64
+        self.sw = None if w64 is None else prefix_sum(w64)
+        self.swx = prefix_sum(self.wx)
+        self.swx2 = prefix_sum(self.wx * x64)
+
+    def total_weight(self) -> float:
+        return float(self.x.numel()) if self.sw is None else float(self.sw[-1])
+
+    def sums(self, bounds: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, weighted sum) of every cell ``bounds[j]:bounds[j+1]``."""
+        lo, hi = bounds[:-1], bounds[1:]
+        if self.w is None:
+            weight = (hi - lo).double()
+        else:
+            weight = _segment_sums(self.w, bounds) if exact else self.sw[hi] - self.sw[lo]
+        wsum = _segment_sums(self.wx, bounds) if exact else self.swx[hi] - self.swx[lo]
+        return weight, wsum
+
+    def inertia(self, c: torch.Tensor, bounds: torch.Tensor) -> float:
+        """sum over cells of S2 - 2 c S1 + c^2 W from prefix sums (float64, no pass over the data)."""
+        lo, hi = bounds[:-1], bounds[1:]
+        weight = (hi - lo).double() if self.sw is None else self.sw[hi] - self.sw[lo]
+        total = (self.swx2[hi] - self.swx2[lo]) - 2 * c * (self.swx[hi] - self.swx[lo]) + c * c * weight
+        return float(total.sum().clamp_min(0))
+
+    def relocate(self, c: torch.Tensor, bounds: torch.Tensor, weight: torch.Tensor, wsum: torch.Tensor) -> None:
+        """Give each empty (zero-weight) cluster one of the points that cost most where they are (in place).
+
+        Same rule as scikit-learn's Lloyd: the m costliest points for m empty clusters, each removed from its
+        old cluster's sums, and no cluster gives away its last weight. Unit weights: in 1-D the points of a
+        cell farthest from its centroid sit at the cell's two ends, so only the m outermost points on each
+        side of each cell are candidates (O(k m)); weighted: one O(n) pass over w (x - c)^2.
+        """
+        empty = torch.nonzero(weight <= 0).reshape(-1)
+        picks, owners = _farthest_ends(self.x, c, bounds, empty.numel()) if self.w is None else self._costliest(
+            c, bounds, empty.numel()
+        )
+        wp = torch.ones_like(self.x[picks]) if self.w is None else self.w[picks]
+        _move_points(self.x[picks], wp, owners, empty[: picks.numel()], weight, wsum)
+
+    def _costliest(self, c: torch.Tensor, bounds: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        owner = torch.repeat_interleave(torch.arange(c.numel(), device=c.device), bounds[1:] - bounds[:-1])
+        cost = self.w * (self.x - c[owner]) ** 2
+        picks = torch.topk(cost, min(m, int((cost > 0).sum()))).indices
+        return picks, owner[picks]
+
+
+def _farthest_ends(x64: torch.Tensor, c: torch.Tensor, bounds: torch.Tensor, m: int):
+    """The m points farthest from their centroid, and their cells, looking only at each cell's ends."""
     lo, hi = bounds[:-1], bounds[1:]
     nonempty = hi > lo
     lo, hi, cells = lo[nonempty], hi[nonempty], torch.nonzero(nonempty).reshape(-1)
@@ -157,22 +165,27 @@ def _relocate_empty(
     owner = owner.reshape(-1)[first]
     dist = (x64[cand] - c[owner]) ** 2
     order = torch.argsort(dist, descending=True, stable=True)[:m]
-    picks, owners = cand[order], owner[order]
-    empty = empty[: picks.numel()]
-    taken = torch.bincount(owners, minlength=cnt.numel()).to(cnt.dtype)
-    if bool((cnt[owners] > taken[owners]).all()):  # the usual case: no cluster gives away its last point
-        sums.index_add_(0, owners, -x64[picks])
-        cnt.sub_(taken)
-        sums[empty] = x64[picks]
-        cnt[empty] = 1
+    return cand[order], owner[order]
+
+
+def _move_points(
+    xp: torch.Tensor, wp: torch.Tensor, owners: torch.Tensor, empty: torch.Tensor, weight: torch.Tensor, wsum: torch.Tensor
+) -> None:
+    """Move points (values ``xp``, weights ``wp``) from their cells ``owners`` into the ``empty`` cells."""
+    taken = torch.zeros_like(weight).index_add_(0, owners, wp)
+    if bool((weight[owners] - taken[owners] > weight[owners] * 1e-9).all()):  # no cell gives its last weight
+        wsum.index_add_(0, owners, -wp * xp)
+        weight.sub_(taken)
+        wsum[empty] = wp * xp
+        weight[empty] = wp
         return
-    for e, p, j in zip(empty.tolist(), picks.tolist(), owners.tolist()):
-        if cnt[j] <= 1:  # never empty a cluster to fill another
+    for e, x, w, j in zip(empty.tolist(), xp.tolist(), wp.tolist(), owners.tolist()):
+        if weight[j] - w <= weight[j] * 1e-9:  # never empty a cluster to fill another
             continue
-        sums[j] -= x64[p]
-        cnt[j] -= 1
-        sums[e] = x64[p]
-        cnt[e] = 1
+        wsum[j] -= w * x
+        weight[j] -= w
+        wsum[e] = w * x
+        weight[e] = w
 
 
 def _unique_with_first(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,27 +203,31 @@ def kmeans_1d(
     max_iter: int = 300,
     tol: float = 0.0,
     seed: int | None = 0,
+    weights: torch.Tensor | None = None,
 ) -> KMeansResult:
     """Cluster the scalars of ``x`` into at most ``k`` groups with Lloyd's algorithm.
 
     ``init`` is an init name or a tensor of initial centroids. Iterations stop when the assignment no longer
     changes, or when the summed squared centroid shift is <= ``tol * var(x)`` (scikit-learn's criterion), or
     after ``max_iter`` iterations. Centroids are returned in ``x``'s dtype; arithmetic is in float64.
+    ``weights`` (>= 0, one per value; None = all ones) makes it minimise sum_i w_i (x_i - c_{a_i})^2; all-zero
+    weights count as unit weights. ``inertia`` is that (weighted) sum.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
     flat = x.detach().reshape(-1)
-    n = flat.numel()
-    if n == 0:
+    if flat.numel() == 0:
         raise ValueError("cannot cluster an empty tensor")
     out_dtype = flat.dtype if flat.is_floating_point() else torch.float32
-    xs = _sorted(flat)
+    w = _check_weights(weights, flat)
+    xs, ws = (sort_values(flat), None) if w is None else sort_pairs(flat, w)
 
-    distinct = torch.unique_consecutive(xs)
-    if distinct.numel() <= k:  # every distinct value its own centroid: zero inertia, optimal
-        labels = torch.searchsorted(distinct, flat)
+    distinct = torch.unique_consecutive(xs if ws is None else xs[ws > 0])
+    if distinct.numel() <= k:  # every distinct (weighted) value its own centroid: zero inertia, optimal
+        c = distinct.double()
+        labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
         return KMeansResult(distinct.to(out_dtype), labels, 0.0, 0, True)
 
     if isinstance(init, torch.Tensor):
@@ -218,24 +235,22 @@ def kmeans_1d(
         if c.numel() < 1:
             raise ValueError("init tensor must hold at least one centroid")
     else:
-        c = _init_sorted(xs, k, init, seed).to(xs.device)
+        c = init_sorted(xs, k, init, seed, ws).to(xs.device)
 
-    x64 = xs.double()
-    del xs
-    s1, s2 = _prefix_sum(x64), _prefix_sum(x64 * x64)
-    n = x64.numel()
-    tol_abs = tol * max(0.0, float(s2[n] / n - (s1[n] / n) ** 2)) if tol > 0 else 0.0  # tol * variance
-    c, n_iter, converged = _lloyd(x64, s1, c, max_iter, tol_abs)
-    c, bounds = _drop_empty(x64, c)
-    lo, hi = bounds[:-1], bounds[1:]
+    cells = _Cells(xs.double(), None if ws is None else ws.double())
+    del xs, ws
+    total = cells.total_weight()
+    mean = float(cells.swx[-1]) / total
+    tol_abs = tol * max(0.0, float(cells.swx2[-1]) / total - mean * mean) if tol > 0 else 0.0  # tol * variance
+    c, n_iter, converged = _lloyd(cells, c, max_iter, tol_abs)
+    c, bounds = _drop_empty(cells, c)
     labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
-    # Inertia from prefix sums: sum over cells of S2 - 2 c S1 + c^2 n (float64, no pass over the data).
-    inertia = float(((s2[hi] - s2[lo]) - 2 * c * (s1[hi] - s1[lo]) + c * c * (hi - lo)).sum().clamp_min(0))
+    inertia = cells.inertia(c, bounds)
     out, labels = _cast_distinct(c, labels, out_dtype)
     return KMeansResult(out, labels, inertia, n_iter, converged)
 
 
-def _segment_sums(x64: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+def _segment_sums(values: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """Sum of each cell ``bounds[j]:bounds[j+1]`` added up inside the cell (empty cells give 0).
 
     Prefix-sum differences cancel catastrophically for a cell of tiny values after a long run of large ones
@@ -243,27 +258,27 @@ def _segment_sums(x64: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """
     lo, hi = bounds[:-1], bounds[1:]
     nonempty = hi > lo
-    out = x64.new_zeros(lo.numel())
-    if x64.device.type == "cpu":  # the non-empty cells tile [0, n): one reduceat pass
-        out[nonempty] = torch.from_numpy(np.add.reduceat(x64.numpy(), lo[nonempty].numpy()))
+    out = values.new_zeros(lo.numel())
+    if values.device.type == "cpu":  # the non-empty cells tile [0, n): one reduceat pass
+        out[nonempty] = torch.from_numpy(np.add.reduceat(values.numpy(), lo[nonempty].numpy()))
     else:
-        out[nonempty] = torch.segment_reduce(x64, "sum", lengths=(hi - lo)[nonempty])
+        out[nonempty] = torch.segment_reduce(values, "sum", lengths=(hi - lo)[nonempty])
     return out
 
 
-def _lloyd(x64: torch.Tensor, s1: torch.Tensor, c: torch.Tensor, max_iter: int, tol_abs: float):
+def _lloyd(cells: _Cells, c: torch.Tensor, max_iter: int, tol_abs: float):
     """Lloyd iterations on sorted data; returns (centroids, iterations, converged).
 
     Cell sums come from prefix sums (O(k) per iteration) until the assignment stops changing or repeats
     (a cycle); from then on they are summed inside each cell (O(n), usually one iteration). Prefix-sum
-    differences cancel catastrophically for a cell of tiny values after a long run of large ones (a subnormal
-    after -1 sums to exactly -1), which can leave a centroid off its cell's mean, two clusters on one value,
-    or an assignment that never settles; the exact iterations make the result a true Lloyd fixed point.
+    rounding can leave a centroid off its cell's mean, two clusters on one value, or an assignment that never
+    settles; the exact iterations make the result a true Lloyd fixed point.
     """
+    x64 = cells.x
     n = x64.numel()
     bounds, exact, seen = None, False, set()
     for it in range(1, max_iter + 1):
-        new_bounds = _cell_bounds(x64, c)
+        new_bounds = cell_bounds(x64, c)
         if bounds is not None and torch.equal(new_bounds, bounds):
             if exact:
                 return c, it - 1, True  # assignment unchanged under exact means: a fixed point
@@ -274,15 +289,14 @@ def _lloyd(x64: torch.Tensor, s1: torch.Tensor, c: torch.Tensor, max_iter: int, 
             seen.add(key)
         bounds = new_bounds
         lo, hi = bounds[:-1], bounds[1:]
-        cnt = (hi - lo).double()
-        sums = _segment_sums(x64, bounds) if exact else s1[hi] - s1[lo]
-        filled = cnt > 0
+        weight, wsum = cells.sums(bounds, exact)
+        filled = weight > 0
         if not bool(filled.all()):
-            _relocate_empty(x64, c, bounds, sums, cnt)
-        means = sums / cnt.clamp_min(1)
+            cells.relocate(c, bounds, weight, wsum)
+        means = wsum / torch.where(weight > 0, weight, torch.ones_like(weight))
         # a cell's mean lies within its data range; clamping there removes rounding that would cross it
         inside = torch.minimum(torch.maximum(means, x64[lo.clamp_max(n - 1)]), x64[(hi - 1).clamp_min(0)])
-        new_c = torch.where(cnt > 0, torch.where(filled, inside, means), c)
+        new_c = torch.where(weight > 0, torch.where(filled, inside, means), c)
         shift = float(((new_c - c) ** 2).sum())
         c = torch.sort(new_c)[0]
         if tol_abs > 0 and shift <= tol_abs:
@@ -290,15 +304,16 @@ def _lloyd(x64: torch.Tensor, s1: torch.Tensor, c: torch.Tensor, max_iter: int, 
     return c, max_iter, False
 
 
-def _drop_empty(x64: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centroids without members removed, and the cells of the rest (an empty cell holds no point, so
-    removing its centroid moves no point to another cell)."""
-    bounds = _cell_bounds(x64, c)
-    keep = bounds[1:] > bounds[:-1]
+def _drop_empty(cells: _Cells, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids of cells without weight removed, and the cells of the rest. An empty cell holds no point and
+    a zero-weight cell only zero-weight points, so no cluster's (weighted) mean changes."""
+    bounds = cell_bounds(cells.x, c)
+    weight, _ = cells.sums(bounds, exact=cells.w is not None)
+    keep = weight > 0
     if bool(keep.all()):
         return c, bounds
     c = c[keep]
-    return c, _cell_bounds(x64, c)
+    return c, cell_bounds(cells.x, c)
 
 
 def _cast_distinct(c: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,4 +330,4 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor) -> f
     return float(((x.detach().reshape(-1).double() - centroids.double()[labels.reshape(-1)]) ** 2).sum())
 
 
-__all__ = ["INITS", "KMeansResult", "inertia", "init_centroids", "kmeans_1d"]
+__all__ = ["INITS", "Init", "KMeansResult", "inertia", "init_centroids", "kmeans_1d"]

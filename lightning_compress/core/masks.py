@@ -8,10 +8,11 @@ Ties are broken deterministically (lowest flat index pruned first, layers in the
 DDP rank holding the same weights computes bit-identical masks without communicating.
 
 * :func:`magnitude_mask` — layer-wise: prune exactly ``round(sparsity * numel)`` weights of least |w|.
-* :func:`global_magnitude_masks` — one threshold over many layers, found by a radix select on the float
-  bit pattern, so it never materialises a copy of all weights (memory = one layer's scratch).
+* :func:`global_magnitude_masks` — one threshold over many layers, found from histograms of the float bit
+  patterns, chunk by chunk, so it never materialises a copy of the weights (memory = the new masks + chunks).
 * :func:`nm_mask` — N:M structured sparsity (keep N of every M consecutive input weights, e.g. 2:4).
 * :func:`threshold_mask` — Han et al. (2015): prune |w| < q * std(w).
+* :func:`pack_mask` / :func:`unpack_mask` — 8 mask entries per byte, for checkpoints (1/8 byte per weight).
 
 Usage::
 
@@ -21,13 +22,11 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import numpy as np
 import torch
-
-#: Bit pattern of +inf as int32; non-negative floats order like their bit patterns.
-_INF_BITS = 0x7F800000
-
 
 def _keep_all(weight: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(weight, dtype=torch.bool)
@@ -87,37 +86,65 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, mask: torch.Tensor | N
     return mask & ~prune
 
 
-def _score_bits(weight: torch.Tensor) -> torch.Tensor:
-    """|w| as float32 viewed as int32: for non-negative floats the bit patterns sort like the values."""
-    return _scores(weight).view(torch.int32)
+#: Entries per chunk of the global threshold's passes: its scratch memory is a few of these, never a layer.
+_CHUNK = 1 << 20
+_TOP_BINS, _LOW_BINS = 1 << 15, 1 << 16
+#: Top 16 bits of +inf's pattern: that bin and those above hold only +inf and NaN.
+_INF_TOP = 0x7F80
 
 
-def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], rank: int) -> int:
-    """Bit pattern of the ``rank``-th smallest (1-based) alive finite |w| over all layers, by radix select.
+def _abs_bit_chunks(weight: torch.Tensor, mask: torch.Tensor):
+    """``(start, |w| as int32 bit patterns, mask)`` over the flattened layer, ``_CHUNK`` entries at a time.
 
-    Four passes over the weights, one 8-bit digit each (most significant first); each pass histograms one
-    layer at a time the entries whose higher digits match the prefix found so far. Scratch memory is that of
-    one layer (its |w| and the selected entries), never a concatenation of all weights.
+    For non-negative floats the bit patterns order like the values (NaN above +inf), so integer histograms
+    of the patterns rank magnitudes exactly; clearing the sign bit is the absolute value.
     """
-    prefix = 0
-    for shift in (24, 16, 8, 0):
-        hist = torch.zeros(256, dtype=torch.int64)
-        for w, m in zip(weights, masks):
-            bits = _score_bits(w)
-            sel = m & (bits <= _INF_BITS)  # NaN is never pruned
-            if shift < 24:
-                sel &= (bits >> (shift + 8)) == (prefix >> (shift + 8))
-            digits = bits[sel]  # in place from here: one int32 copy of the selected entries
-            digits.bitwise_right_shift_(shift).bitwise_and_(0xFF)
-            hist += torch.bincount(digits, minlength=256).cpu()
-            del bits, sel, digits
-        cum = torch.cumsum(hist, 0)
-        digit = int(torch.searchsorted(cum, torch.tensor(rank)))  # first digit with cum >= rank
-        if digit > 255:
-            raise ValueError(f"rank {rank} exceeds the {int(cum[-1])} alive finite weights")
-        rank -= int(cum[digit - 1]) if digit else 0
-        prefix |= digit << shift
-    return prefix
+    flat, flat_mask = weight.detach().reshape(-1), mask.reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        part = flat[start:start + _CHUNK]
+        if part.dtype != torch.float32:
+            part = part.float()
+        yield start, part.view(torch.int32) & 0x7FFFFFFF, flat_mask[start:start + _CHUNK]
+
+
+def _count(hist: torch.Tensor, values: torch.Tensor, bins: int) -> None:
+    hist += torch.bincount(values, minlength=bins).to(hist.device)
+
+
+def _top_histogram(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], dead: int) -> torch.Tensor:
+    """Counts of alive entries by the top 16 bits of |w|'s pattern (dead ones counted as 0 and taken out)."""
+    top = torch.zeros(_TOP_BINS, dtype=torch.int64, device=weights[0].device)
+    for w, m in zip(weights, masks):
+        for _, bits, alive in _abs_bit_chunks(w, m):
+            _count(top, bits.mul_(alive).bitwise_right_shift_(16), _TOP_BINS)
+    top[0] -= dead
+    return top
+
+
+def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], rank: int,
+                    top: torch.Tensor) -> tuple[int, int]:
+    """Bit pattern of the ``rank``-th smallest (1-based) alive |w| over all layers, and how many alive lie below.
+
+    ``top`` (:func:`_top_histogram`) says which top-16-bit bin holds the rank; one more pass histograms the low
+    16 bits of the alive entries in that bin. Scratch memory is a few chunks, never a copy of the weights.
+    """
+    device = top.device
+    cum = torch.cumsum(top, 0)
+    prefix = int(torch.searchsorted(cum, torch.tensor(rank, device=device)))  # first bin with cum >= rank
+    below = int(cum[prefix - 1]) if prefix else 0
+    low = torch.zeros(_LOW_BINS, dtype=torch.int64, device=device)
+    for w, m in zip(weights, masks):
+        for _, bits, alive in _abs_bit_chunks(w, m):
+            _count(low, bits[((bits >> 16) == prefix) & alive] & 0xFFFF, _LOW_BINS)
+    cum = torch.cumsum(low, 0)
+    digit = int(torch.searchsorted(cum, torch.tensor(rank - below, device=device)))
+    below += int(cum[digit - 1]) if digit else 0
+    return (prefix << 16) | digit, below
+
+
+def _alive_finite(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> int:
+    """Alive entries that are not NaN (NaN has no magnitude and is never pruned)."""
+    return sum(int((m & ~torch.isnan(w)).sum()) for w, m in zip(weights, masks))
 
 
 def global_magnitude_masks(
@@ -125,29 +152,36 @@ def global_magnitude_masks(
 ) -> list[torch.Tensor]:
     """One magnitude threshold across all ``weights``: exactly ``round(sparsity * total)`` pruned in all.
 
-    The threshold is the ``need``-th smallest alive |w|, found by a radix select over the int32 bit patterns
-    of non-negative floats (four histogram passes, each one layer at a time). Unlike ``torch.kthvalue`` over
-    ``torch.cat`` (or a list of every layer's |w|), it never holds a second copy of all weights: extra memory
-    is one layer's scratch plus the new bool masks. Ties go in layer order, then flat index.
+    The threshold is the ``need``-th smallest alive |w|, found from integer histograms of the float32 bit
+    patterns (two passes, chunk by chunk), then a third pass writes the masks. Unlike ``torch.kthvalue`` over
+    ``torch.cat`` (or a list of every layer's |w|), it never holds a second copy of the weights: extra memory
+    is the new bool masks plus a few chunks of scratch. Ties go in layer order, then flat index.
     """
     masks = [_check_mask(w, m) for w, m in zip(weights, masks or [None] * len(weights))]
     total = sum(w.numel() for w in weights)
-    k = num_to_prune(total, sparsity)
-    need = k - sum(m.numel() - int(m.sum()) for m in masks)
+    alive = sum(int(torch.count_nonzero(m)) for m in masks)
+    need = num_to_prune(total, sparsity) - (total - alive)
     if need <= 0:
         return [m.clone() for m in masks]
-    candidates = sum(int((m & (_score_bits(w) <= _INF_BITS)).sum()) for w, m in zip(weights, masks))
-    need = min(need, candidates)  # NaN weights are never pruned
-    if need <= 0:
-        return [m.clone() for m in masks]
-    value = torch.tensor(_kth_alive_bits(weights, masks, need), dtype=torch.int32).view(torch.float32).item()
-    out, left = [], need - sum(int(((_scores(w) < value) & m).sum()) for w, m in zip(weights, masks))
+    top = _top_histogram(weights, masks, total - alive)
+    if int(top[_INF_TOP:].sum()):  # +inf or NaN somewhere: NaN weights are never pruned
+        need = min(need, _alive_finite(weights, masks))
+        if need <= 0:
+            return [m.clone() for m in masks]
+    value, below = _kth_alive_bits(weights, masks, need, top)
+    ties = need - below  # alive entries equal to the threshold that go too, in layer then flat order
+    out = []
     for w, m in zip(weights, masks):
-        s = _scores(w)
-        ties = _prune_ties(s, m, value, left)
-        left -= int(ties.sum())
-        out.append(m & ~((s < value) | ties))
-        del s, ties
+        new = torch.empty_like(m)
+        flat_new = new.view(-1)
+        for start, bits, keep in _abs_bit_chunks(w, m):
+            part = flat_new[start:start + bits.numel()]
+            torch.logical_and(keep, bits >= value, out=part)
+            if ties > 0:
+                hits = torch.nonzero((bits == value) & keep).view(-1)[:ties]
+                part[hits] = False
+                ties -= hits.numel()
+        out.append(new)
     return out
 
 
@@ -195,15 +229,40 @@ def threshold_mask(weight: torch.Tensor, q: float, mask: torch.Tensor | None = N
     return mask & (w.abs() >= threshold)
 
 
-def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def apply_mask_(weight: torch.Tensor, mask: torch.Tensor, as_uint8: torch.Tensor | None = None) -> torch.Tensor:
     """Zero pruned entries in place: exact +0.0 whatever the dtype.
 
-    ``masked_fill_`` rather than ``mul_``: a negative weight times 0 is -0.0, a different bit pattern,
-    which would make an exported file's round trip differ from the trained tensor.
+    Never leaves ``-0.0`` (a negative weight times 0), a different bit pattern that would make an exported
+    file's round trip differ from the trained tensor: ``masked_fill_``, or, given the mask's ``uint8`` view
+    (faster, no inverted copy of the mask), a multiply followed by ``+ 0.0`` for finite weights.
     """
     with torch.no_grad():
-        weight.masked_fill_(~mask.bool(), 0)
+        finite = as_uint8 is not None and weight.is_floating_point() and weight.numel() > 0 and all(
+            math.isfinite(v) for v in map(float, torch.aminmax(weight.detach())))
+        if finite:
+            weight.mul_(as_uint8).add_(0.0)
+        else:
+            weight.masked_fill_(~mask.bool(), 0)
     return weight
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as ``uint8`` bits, 8 entries per byte (``numpy.packbits`` order: first entry in the top bit).
+
+    Checkpoints hold masks this way: 1/8 byte per weight instead of a bool's 1, for the same information.
+    """
+    flat = mask.detach().reshape(-1).to(device="cpu", dtype=torch.bool).numpy()
+    return torch.from_numpy(np.packbits(flat))
+
+
+def unpack_mask(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: the bool mask of ``shape`` (``ValueError`` if the byte count disagrees)."""
+    numel = math.prod(int(size) for size in shape)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != -(-numel // 8):
+        raise ValueError(f"packed mask for shape {tuple(shape)} must be {-(-numel // 8)} uint8 bytes, "
+                         f"got {packed.dtype} {tuple(packed.shape)}")
+    bits = np.unpackbits(packed.detach().cpu().numpy(), count=numel)
+    return torch.from_numpy(bits.view(np.bool_)).reshape(tuple(int(size) for size in shape))
 
 
 __all__ = [
@@ -212,6 +271,8 @@ __all__ = [
     "magnitude_mask",
     "nm_mask",
     "num_to_prune",
+    "pack_mask",
     "sparsity",
     "threshold_mask",
+    "unpack_mask",
 ]

@@ -46,13 +46,14 @@ def encode_state_dict(
 ) -> tuple[bytes, CompressionReport]:
     """The file's bytes for ``state_dict``; tensors named in ``compress`` use the layer codec.
 
-    ``groups`` maps a compressed tensor to its codebook groups (an int, or ``"auto"`` to detect them): such a
-    tensor is stored with one codebook per group of rows (format version 2). Without any grouped tensor the
+    ``groups`` maps a compressed tensor to its rows per codebook group (an int, or ``"auto"`` to detect them;
+    names not compressed are ignored): such a tensor is stored with one codebook per group of rows (format
+    version 2) when that is smaller. Without any grouped tensor the
     file is version 1, byte for byte what earlier releases wrote.
     """
     start = time.perf_counter()
-    compress, groups = set(compress), dict(groups or {})
-    unknown = (compress | set(groups)) - set(state_dict)
+    compress, groups = set(compress), {k: v for k, v in (groups or {}).items() if k in compress}
+    unknown = compress - set(state_dict)
     if unknown:
         raise ValueError(f"compress: names not in the state_dict: {sorted(unknown)}")
     rows, layers, raw = [], [], []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: ``windows`` reads a 32-bit word at a byte offset shifted by up to 7 bits: at most 25 bits are available.
+#: A window read from a 32-bit word at a byte offset, shifted by up to 7 bits, holds at most 25 bits.
 MAX_WINDOW_BITS = 25
 
 
@@ -84,24 +84,11 @@ def pack_codes(codes: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
     if spill.any():
         hi[spill] = codes[spill] >> (end_in_word[spill] - sixty_four)
     out = np.zeros((nbits + 63) // 64 + 1, dtype=np.uint64)
-    first = np.flatnonzero(np.diff(word, prepend=-1))
+    first = np.flatnonzero(np.diff(word, prepend=-1) != 0)
     out[word[first]] = np.add.reduceat(hi, first)
     if spill.any():
         out[word[spill] + 1] |= codes[spill] << (np.uint64(128) - end_in_word[spill])
     return out.astype(">u8").tobytes()[: (nbits + 7) // 8], nbits
-
-
-def windows(buf: bytes | memoryview, nbits: int, width: int) -> np.ndarray:
-    """For every bit position ``p < nbits``: the integer formed by bits ``p .. p+width-1`` (zeros past the end)."""
-    if not 1 <= width <= MAX_WINDOW_BITS:
-        raise ValueError(f"width must be in [1, {MAX_WINDOW_BITS}], got {width}")
-    nbytes = (nbits + 7) // 8
-    if len(buf) < nbytes:
-        raise BitstreamError(f"stream of {nbits} bits needs {nbytes} bytes, got {len(buf)}")
-    words = byte_words(buf, nbytes)
-    p = np.arange(nbits, dtype=np.int64)
-    shift = (32 - width - (p & 7)).astype(np.uint64)
-    return ((words[p >> 3] >> shift) & np.uint64((1 << width) - 1)).astype(np.int64)
 
 
 class ByteWriter:

@@ -7,7 +7,7 @@ stores a *local* index into its group's codebook. Payload::
     mode u8 (bit 0: sparse, bit 1: zero is symbol 0 of every codebook, stored in no codebook)
     varint rows_per_group
     [sparse: index_bits u8 | varint entries | relative-index stream]      (as in the layer codec)
-    per group: varint k_g | k_g distinct non-zero bit patterns
+    varint k_g for every group g, then every group's k_g distinct non-zero bit patterns, group after group
     value stream: local codebook index of every entry, fixed width index_bits(max k_g [+1]) or Huffman
 
 Every codebook byte is in the payload, so the file's ratio counts it. The writer uses this codec only where
@@ -25,7 +25,7 @@ from lightning_compress.core.bits import MAX_INDEX_BITS, index_bits
 from lightning_compress.format.bitstream import BitstreamError, ByteReader, ByteWriter
 from lightning_compress.format.errors import CompressedFileError, CorruptedFileError
 from lightning_compress.format.layer import _BITS_VIEW, LayerEncoding, _bit_patterns, _gap_histogram
-from lightning_compress.format.layer import _gap_symbol_counts, _relative_indices, encode_layer
+from lightning_compress.format.layer import _gap_symbol_counts, _relative_indices, encode_layer, zeroed
 from lightning_compress.format.raw import ITEM_SIZES
 from lightning_compress.format.streams import StreamInfo, decode_stream, encode_stream, stream_plan
 
@@ -65,7 +65,7 @@ def _layout(tensor: torch.Tensor, rows_per_group: int, keep_negative_zero: bool)
     bits = _bit_patterns(tensor, keep_negative_zero)
     numel, cols = bits.size, bits.size // tensor.shape[0]
     groups = math.ceil(tensor.shape[0] / rows_per_group)
-    positions = np.flatnonzero(bits)
+    positions = np.flatnonzero(bits != 0)
     sparse = positions.size < numel
     ib = 0
     if sparse:
@@ -88,7 +88,7 @@ def _layout(tensor: torch.Tensor, rows_per_group: int, keep_negative_zero: bool)
                 values=values, sizes=sizes, zero=zero, symbols=symbols, numel=numel, nnz=positions.size)
 
 
-def _write(layout: dict, itemsize: int) -> GroupedEncoding:
+def _write(layout: dict) -> GroupedEncoding:
     out = ByteWriter()
     out.u8((_SPARSE if layout["sparse"] else 0) | (_ZERO if layout["zero"] else 0))
     out.varint(layout["rows_per_group"])
@@ -99,11 +99,9 @@ def _write(layout: dict, itemsize: int) -> GroupedEncoding:
         out.varint(entries)
         counts = np.bincount(layout["idx_symbols"], minlength=1)
         index_info = encode_stream(out, layout["idx_symbols"], layout["ib"], stream_plan(counts, layout["ib"])[1], counts)
-    start = 0
     for k in layout["sizes"].tolist():
         out.varint(k)
-        out.write(layout["values"][start : start + k].tobytes())
-        start += k
+    out.write(layout["values"].tobytes())  # group by group, each group's values sorted
     vbits = index_bits(int(layout["sizes"].max(initial=0)) + int(layout["zero"]), minimum=0)
     counts = np.bincount(layout["symbols"], minlength=1)
     value_info = encode_stream(out, layout["symbols"], vbits, stream_plan(counts, vbits)[1], counts)
@@ -116,29 +114,52 @@ def _write(layout: dict, itemsize: int) -> GroupedEncoding:
     return enc
 
 
-def candidate_group_sizes(rows: int) -> list[int]:
-    """Rows per group tried by ``"auto"``: 1, 2, 4, ... below ``rows`` (``rows`` itself is the layer codec)."""
-    return [1 << i for i in range(max(0, rows - 1).bit_length()) if (1 << i) < rows]
+def detect_rows_per_group(tensor: torch.Tensor, keep_negative_zero: bool = False) -> int | None:
+    """The grouping a tensor shows: the most rows per group (a power of two, so the fewest groups) such that
+    no group holds more distinct non-zero values than the fullest single row; ``None`` when the whole tensor
+    fits that bound (one codebook suffices) or it has no rows to group."""
+    if tensor.dim() < 1 or tensor.shape[0] < 2 or tensor.element_size() > 4 or not supports_grouping(tensor):
+        return None
+    bits = _bit_patterns(tensor, keep_negative_zero).reshape(tensor.shape[0], -1)
+    row, col = np.nonzero(bits)
+    if row.size == 0:
+        return None
+    key = (row.astype(np.int64) << 32) | (bits[row, col].astype(np.int64) & 0xFFFFFFFF)
+    pairs = np.unique(key)  # distinct (row, value)
+    rows_of, values = pairs >> 32, pairs & 0xFFFFFFFF
+    k = int(np.bincount(rows_of).max())
+    if np.unique(values).size <= k:
+        return None
+    best = 1
+    g = 2
+    while g < tensor.shape[0]:
+        per_group = np.unique(((rows_of // g) << 32) | values) >> 32
+        if int(np.bincount(per_group).max()) > k:
+            break
+        best, g = g, g * 2
+    return best
+
+
+def supports_grouping(tensor: torch.Tensor) -> bool:
+    return tensor.dtype.is_floating_point and tensor.element_size() in (2, 4)
 
 
 def encode_grouped(tensor: torch.Tensor, rows_per_group: int | str, keep_negative_zero: bool = False) -> LayerEncoding:
-    """The smallest of the layer codec and grouped codebooks (``rows_per_group`` rows each, or ``"auto"``).
-
-    Returns a :class:`GroupedEncoding` only where grouping is strictly smaller, so nothing grows.
-    """
+    """The smaller of the layer codec and grouped codebooks (``rows_per_group`` rows each, or ``"auto"``:
+    :func:`detect_rows_per_group`). Returns a :class:`GroupedEncoding` only where grouping is strictly
+    smaller, so nothing grows and a tensor without a grouping costs one extra scan."""
     best = encode_layer(tensor, keep_negative_zero=keep_negative_zero)
     if rows_per_group == "auto":
-        sizes = candidate_group_sizes(int(tensor.shape[0])) if tensor.dim() else []
-    elif isinstance(rows_per_group, int) and not isinstance(rows_per_group, bool) and rows_per_group >= 1:
-        sizes = [rows_per_group]
-    else:
+        rows_per_group = detect_rows_per_group(tensor, keep_negative_zero)
+        if rows_per_group is None:
+            return best
+    elif not (isinstance(rows_per_group, int) and not isinstance(rows_per_group, bool) and rows_per_group >= 1):
         raise ValueError(f"groups: rows per group must be a positive int or 'auto', got {rows_per_group!r}")
-    for g in sizes:
-        layout = _layout(tensor, g, keep_negative_zero)
-        if layout is not None:
-            enc = _write(layout, tensor.element_size())
-            if len(enc.payload) < len(best.payload):
-                best = enc
+    layout = _layout(tensor, rows_per_group, keep_negative_zero)
+    if layout is not None:
+        enc = _write(layout)
+        if len(enc.payload) < len(best.payload):
+            return enc
     return best
 
 
@@ -194,9 +215,9 @@ def _decode(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype) -> t
     group_of = at // (rows_per_group * cols)
     if symbols.size and np.any(symbols >= sizes[group_of] + zero):
         raise CorruptedFileError("codebook index out of range for its group")
-    out = np.zeros(numel, dtype=np_int)
+    out = zeroed(numel, np_int)
     out[at] = table[group_of, symbols]
     return torch.from_numpy(out).view(dtype).reshape(shape)
 
 
-__all__ = ["GroupedEncoding", "candidate_group_sizes", "decode_grouped", "encode_grouped"]
+__all__ = ["GroupedEncoding", "decode_grouped", "detect_rows_per_group", "encode_grouped"]

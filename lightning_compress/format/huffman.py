@@ -8,10 +8,9 @@ from uniform (small gaps and central centroids dominate), which saves another 20
   lookup table stays small.
 * Codes are *canonical* (ordered by length, then symbol), so the table stored in the file is just the
   number of codes per length and the symbols in that order.
-* Encoding packs every code at its cumulative bit offset (:func:`~lightning_compress.core.bitstream.pack_codes`).
-* Decoding looks up the next ``max_length`` bits at *every* bit position at once, giving "symbol and length
-  if a code started here"; the chain of code starts ``0, next(0), next(next(0)), ...`` is then found by
-  pointer doubling (``log2(count)`` gathers) instead of a Python loop over symbols.
+* Encoding packs every code at its cumulative bit offset (:func:`~lightning_compress.format.bitstream.pack_codes`).
+* Decoding looks the next ``max_length`` bits up in a table, in many lanes of the stream at once
+  (:mod:`lightning_compress.format.huffman_decode`), instead of a Python loop over symbols.
 
 A source with a single symbol gets a code of length 0 (its stream holds no bits; the count is stored
 elsewhere), which is the entropy-optimal code for it.

@@ -21,6 +21,10 @@ from lightning_compress.format.bitstream import BitstreamError, byte_words
 LANE_BITS = 256
 #: Bits each lane decodes before its own (discarded), so that it is on the true chain when its bits begin.
 LEAD_BITS = 64
+#: Longest code length for which the decoder builds a two-codes-per-step table (2**bits entries).
+PAIR_MAX_BITS = 14
+#: Positions are 32-bit: streams up to 2**30 bits (128 MiB of codes in one tensor's stream).
+MAX_STREAM_BITS = 1 << 30
 #: Rounds of lane re-decoding before the rest of the stream is decoded symbol by symbol.
 MAX_ROUNDS = 4
 
@@ -38,12 +42,16 @@ def decode_canonical(
     nbytes = (nbits + 7) // 8
     if len(buf) < nbytes:
         raise BitstreamError(f"stream of {nbits} bits needs {nbytes} bytes, got {len(buf)}")
+    if nbits >= MAX_STREAM_BITS:
+        raise BitstreamError(f"a Huffman stream of {nbits} bits is longer than the decoder's {MAX_STREAM_BITS}")
     lane = max(step, LANE_BITS // step * step)
     # lanes run on until the slowest is done (at most lane + lead + 8 steps of at most ``top`` bits): zero padding
-    words = np.zeros(nbytes + top * (lane + LEAD_BITS + step + 8) // 8 + 8, dtype=np.int64)
+    words = np.zeros(nbytes + top * (lane + LEAD_BITS + step + 8) // 8 + 8, dtype=np.uint32)
     words[:nbytes] = byte_words(buf, nbytes)
     # one gather per symbol: bits 0-4 how far to advance (an invalid code: 1 bit), bit 5 invalid, symbol above
-    table = (table_sym << 6) | np.where(table_len == 0, 32 | 1, table_len)
+    table = ((table_sym << 6) | np.where(table_len == 0, 32 | 1, table_len)).astype(np.int32)
+    if top <= PAIR_MAX_BITS:  # small tables: two codes per step where both fit in the window
+        table = _pair_table(table, top)
     starts = np.arange(0, nbits, lane, dtype=np.int64)
     ends = np.minimum(starts + lane, nbits)
     # each lane starts decoding a little before its own bits, so that it has resynchronised when they begin
@@ -65,7 +73,7 @@ def decode_canonical(
     ok_packed = _collect(pos[:, :first_wrong], packed[:, :first_wrong], entry[:first_wrong], ends[:first_wrong])
     if np.any(ok_packed & 32):
         raise BitstreamError("Huffman stream holds an invalid code")
-    ok_sym = ok_packed >> 6
+    ok_sym = (ok_packed >> 6).astype(np.int64)
     if first_wrong < starts.size:
         tail_sym, end = _decode_scalar(words, int(entry[first_wrong]), nbits, count - ok_sym.size + 1,
                                        top, table_sym, table_len)
@@ -77,23 +85,71 @@ def decode_canonical(
     return ok_sym
 
 
+def _pair_table(single: np.ndarray, top: int) -> np.ndarray:
+    """For every window: the first code and, when it fits in the window too, the second, in one int64.
+
+    Bits 0-5: the first code as in the single table (advance, invalid flag); 6-10: the second's length; 11: a
+    second code is there; 12-27 and 28-43: the two symbols; 44-49: how far the step advances.
+    """
+    w = np.arange(1 << top, dtype=np.int64)
+    first = single.astype(np.int64)
+    l1 = first & 31
+    second = first[(w << l1) & ((1 << top) - 1)]
+    l2 = second & 31
+    two = ((first & 32) == 0) & ((second & 32) == 0) & (l1 + l2 <= top)
+    advance = l1 + np.where(two, l2, 0)
+    return ((first & 63) | (l2 << 6) | (two.astype(np.int64) << 11) | ((first >> 6) << 12) | ((second >> 6) << 28)
+            | (advance << 44))
+
+
 def _run_lanes(words, starts, ends, top, table):
     """Decode every lane from ``starts`` until all passed their ``ends``: positions and packed codes
-    (steps x lanes; entries at or past a lane's end are not the lane's), and each lane's exit."""
-    pos = starts.copy()
-    rows_p, rows_k = [], []
-    base, mask = 32 - top, (1 << top) - 1
-    while np.any(pos < ends):
-        for _ in range(8):
-            packed = table[(words[pos >> 3] >> (base - (pos & 7))) & mask]
-            rows_p.append(pos)
-            rows_k.append(packed)
-            pos = pos + (packed & 31)
-    rows_p.append(pos)
-    rows_k.append(np.zeros_like(pos))
-    all_pos = np.stack(rows_p)
-    first_past = (all_pos >= ends[None, :]).argmax(axis=0)  # where the next lane's true chain starts
-    return all_pos, np.stack(rows_k), all_pos[first_past, np.arange(starts.size)]
+    (steps x lanes; entries at or past a lane's end are not the lane's), and each lane's exit.
+
+    Every step advances at least one bit, so a lane needs at most ``ends - starts`` steps: the output is
+    allocated once, and each step works in place (memory traffic is the cost here). With a pair table a step
+    decodes up to two codes; the rows are then expanded to one code per row (second slot -1 when absent).
+    """
+    lanes = starts.size
+    pairs = table.dtype == np.int64
+    max_steps = int((ends - starts).max(initial=0)) + 8
+    pos_rows = np.empty((max_steps + 1, lanes), dtype=np.int32)
+    code_rows = np.empty((max_steps + 1, lanes), dtype=table.dtype)
+    pos = starts.astype(np.int32)
+    ends32 = ends.astype(np.int32)
+    shift = np.empty(lanes, dtype=np.uint32)
+    window = np.empty(lanes, dtype=np.uint32)
+    base, mask = np.uint32(32 - top), np.uint32((1 << top) - 1)
+    t = 0
+    while t < max_steps and np.any(pos < ends32):
+        for _ in range(min(8, max_steps - t)):
+            pos_rows[t] = pos
+            np.take(words, pos >> 3, out=window, mode="clip")  # in range: padded
+            np.bitwise_and(pos, 7, out=shift, casting="unsafe")
+            np.subtract(base, shift, out=shift)
+            np.right_shift(window, shift, out=window)
+            np.bitwise_and(window, mask, out=window)
+            np.take(table, window, out=code_rows[t], mode="clip")  # "raise" is 7x slower
+            pos += (code_rows[t] >> 44 if pairs else code_rows[t] & 31).astype(np.int32, copy=False) & 63
+            t += 1
+    pos_rows[t], code_rows[t] = pos, 0
+    all_pos, all_codes = pos_rows[: t + 1], code_rows[: t + 1]
+    if pairs:
+        all_pos, all_codes = _expand_pairs(all_pos, all_codes)
+    first_past = (all_pos >= ends32[None, :]).argmax(axis=0)  # where the next lane's true chain starts
+    return all_pos, all_codes, all_pos[first_past, np.arange(lanes)].astype(np.int64)
+
+
+def _expand_pairs(pos: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per code: each step's first code, then its second (position -1 when there is none)."""
+    steps, lanes = pos.shape
+    out_pos = np.empty((2 * steps, lanes), dtype=np.int32)
+    out_codes = np.empty((2 * steps, lanes), dtype=np.int32)
+    out_pos[0::2] = pos
+    out_pos[1::2] = np.where((codes >> 11) & 1 == 1, pos + (codes & 31), -1)
+    out_codes[0::2] = (((codes >> 12) & 0xFFFF) << 6) | (codes & 63)
+    out_codes[1::2] = (((codes >> 28) & 0xFFFF) << 6) | ((codes >> 6) & 31)
+    return out_pos, out_codes
 
 
 def _widen(a: np.ndarray, rows: int) -> np.ndarray:
@@ -104,15 +160,19 @@ def _widen(a: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _inconsistent(pos: np.ndarray, entry: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Lanes whose decoded chain does not contain their entry point (the previous lane's exit)."""
-    met = (pos == entry[None, :]).any(axis=0) | (entry >= ends)  # a lane no code starts in is trivially met
+    """Lanes whose decoded chain does not contain their entry point (the previous lane's exit).
+
+    A lane starts at most ``LEAD_BITS + max code length`` bits before its entry and advances at least a bit a
+    step, so only its first rows can hold the entry."""
+    head = pos[: 2 * (LEAD_BITS + 32)]
+    met = (head == entry.astype(pos.dtype)[None, :]).any(axis=0) | (entry >= ends)  # no code starts in the lane
     met[0] = True
     return np.flatnonzero(~met)
 
 
 def _collect(pos: np.ndarray, packed: np.ndarray, entry: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Lane-major packed codes from each lane's entry point to its end."""
-    keep = ((pos >= entry[None, :]) & (pos < ends[None, :])).T
+    keep = ((pos >= entry.astype(pos.dtype)[None, :]) & (pos < ends.astype(pos.dtype)[None, :])).T
     return packed.T[keep]
 
 

@@ -46,6 +46,14 @@ MAX_CODEBOOK = 1 << 16
 _SPARSE, _CODEBOOK = 1, 2  # bits of a layer payload's mode byte
 
 
+def zeroed(n: int, dtype) -> np.ndarray:
+    """``np.zeros`` for a buffer about to be scattered into: ``np.zeros`` (calloc) leaves page faults to the
+    random scatter (4x slower on a 16 MiB layer here); ``empty`` + ``fill`` takes them in order, on huge pages."""
+    out = np.empty(n, dtype=dtype)
+    out.fill(0)
+    return out
+
+
 def supports_layer_codec(tensor: torch.Tensor) -> bool:
     """Floating tensors of 16/32/64-bit elements can use the sparse/codebook codec; others are stored raw."""
     return tensor.dtype.is_floating_point and tensor.element_size() in _BITS_VIEW
@@ -102,8 +110,9 @@ def _bit_patterns(tensor: torch.Tensor, keep_negative_zero: bool) -> np.ndarray:
     torch_int, _ = _BITS_VIEW[t.element_size()]
     bits = t.view(torch_int).numpy()
     if not keep_negative_zero:
-        negative_zero = np.iinfo(bits.dtype).min  # sign bit only
-        bits = np.where(bits == negative_zero, 0, bits).astype(bits.dtype, copy=False)
+        negative = bits == np.iinfo(bits.dtype).min  # -0.0: the sign bit only
+        if negative.any():
+            bits = np.where(negative, 0, bits).astype(bits.dtype, copy=False)
     return bits
 
 
@@ -167,7 +176,7 @@ class _Analysis:
 
 
 def _analyse(bits: np.ndarray, itemsize: int) -> _Analysis:
-    positions = np.flatnonzero(bits)
+    positions = np.flatnonzero(bits != 0)  # ~10x faster than on the integers themselves
     values = bits[positions]
     uniq = np.unique(values)
     if uniq.size <= MAX_CODEBOOK:
@@ -318,7 +327,7 @@ def _decode_layer(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype
     if reader.remaining:
         raise CorruptedFileError(f"{reader.remaining} unexpected bytes after the layer payload")
     if sparse:
-        out = np.zeros(numel, dtype=np_int)
+        out = zeroed(numel, np_int)
         out[positions] = vals
     else:
         out = np.array(vals, dtype=np_int)  # a copy: ``vals`` may view the file's bytes

@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from lightning_compress.validation import check_choice, check_int, fail
+
+#: What a schedule counts: epochs (fractional in sparsity schedules) or optimizer steps.
 Unit = Literal["epoch", "step"]
+UNITS: tuple[str, ...] = ("epoch", "step")
 
 
 @dataclass(frozen=True)
@@ -26,17 +30,15 @@ class EventSchedule:
     interval: int = 0
 
     def __post_init__(self) -> None:
-        if self.unit not in ("epoch", "step"):
-            raise ValueError(f"unit must be 'epoch' or 'step', got {self.unit!r}")
-        if not isinstance(self.start, int) or self.start < 0:
-            raise ValueError(f"start must be an integer >= 0, got {self.start!r}")
-        if not isinstance(self.interval, int) or self.interval < 0:
-            raise ValueError(f"interval must be an integer >= 0, got {self.interval!r}")
+        # no owner prefix: the message starts with the argument's name, which WeightSharing maps to its own
+        check_choice("", "unit", self.unit, UNITS)
+        check_int("", "start", self.start, low=0)
+        check_int("", "interval", self.interval, low=0)
 
     def time_of(self, index: int) -> int:
         """Progress (epoch or step) at which event ``index`` is due."""
         if index < 0:
-            raise ValueError(f"index must be >= 0, got {index}")
+            fail("", f"index must be >= 0, got {index}")
         return self.start + index * self.interval
 
     def times(self, names: Sequence[str]) -> dict[str, int]:
@@ -56,4 +58,4 @@ class EventSchedule:
         return self.time_of(max(0, count - 1))
 
 
-__all__ = ["EventSchedule", "Unit"]
+__all__ = ["UNITS", "EventSchedule", "Unit"]

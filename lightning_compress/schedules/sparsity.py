@@ -25,19 +25,14 @@ Every schedule is a plain class with typed ``__init__`` arguments, so LightningC
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping
+from typing import Mapping
 
-from lightning_compress.schedules.events import Unit
+from lightning_compress.schedules.events import UNITS, Unit
+from lightning_compress.validation import check_choice, check_fraction, check_milestones, check_number, fail
+
 #: How many mask updates a ramp makes when ``frequency`` is not given.
 DEFAULT_UPDATES = 10
 _EPS = 1e-9
-
-
-def _check_sparsity(name: str, value: float | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
 class SparsitySchedule:
@@ -62,32 +57,26 @@ class SparsitySchedule:
         initial_sparsity: float = 0.0,
         final_sparsity: float | None = None,
     ) -> None:
-        if unit not in ("epoch", "step"):
-            raise ValueError(f"unit must be 'epoch' or 'step', got {unit!r}")
-        if not isinstance(start, (int, float)) or isinstance(start, bool) or start < 0 or not math.isfinite(start):
-            raise ValueError(f"start must be a finite number >= 0, got {start!r}")
-        if end is None:
-            end = start
-        if not isinstance(end, (int, float)) or isinstance(end, bool) or not math.isfinite(end):
-            raise ValueError(f"end must be a finite number, got {end!r}")
+        owner = type(self).__name__
+        check_choice(owner, "unit", unit, UNITS)
+        check_number(owner, "start", start, low=0)
+        end = start if end is None else check_number(owner, "end", end)
         if end < start:
-            raise ValueError(f"end ({end}) must not be before start ({start})")
+            fail(owner, f"end ({end}) must not be before start ({start})")
         if frequency is None:
             frequency = (end - start) / DEFAULT_UPDATES if end > start else 1.0
             if unit == "step":
                 frequency = max(1, int(frequency))
-        if not isinstance(frequency, (int, float)) or isinstance(frequency, bool) or not frequency > 0:
-            raise ValueError(f"frequency must be a number > 0, got {frequency!r}")
+        check_number(owner, "frequency", frequency, low=0, low_open=True)
         if unit == "step":
             for name, v in (("start", start), ("end", end), ("frequency", frequency)):
                 if float(v) != int(v):
-                    raise ValueError(f"{name} must be a whole number of steps when unit='step', got {v!r}")
-        _check_sparsity("initial_sparsity", initial_sparsity)
-        _check_sparsity("final_sparsity", final_sparsity, allow_none=True)
+                    fail(owner, f"{name} must be a whole number of steps when unit='step', got {v!r}")
+        check_fraction(owner, "initial_sparsity", initial_sparsity)
+        check_fraction(owner, "final_sparsity", final_sparsity, allow_none=True)
         if final_sparsity is not None and final_sparsity < initial_sparsity:
-            raise ValueError(
-                f"final_sparsity ({final_sparsity}) must be >= initial_sparsity ({initial_sparsity}): masks only grow"
-            )
+            fail(owner, f"final_sparsity ({final_sparsity}) must be >= initial_sparsity ({initial_sparsity}): "
+                        "masks only grow")
         self.start = float(start)
         self.end = float(end)
         self.frequency = float(frequency)
@@ -135,7 +124,7 @@ class SparsitySchedule:
         final = self.final_sparsity if final is None else final
         initial = self.initial_sparsity if initial is None else initial
         if final is None:
-            raise ValueError(f"{type(self).__name__}: final_sparsity is not set; pass final= or final_sparsity=")
+            fail(type(self).__name__, "final_sparsity is not set; pass final= or final_sparsity=")
         return float(initial), float(final)
 
     def target(self, t: float, final: float | None = None, initial: float | None = None) -> float:
@@ -175,8 +164,7 @@ class PolynomialSchedule(SparsitySchedule):
         power: float = 3.0,
     ) -> None:
         super().__init__(start, end, frequency, unit, initial_sparsity, final_sparsity)
-        if not isinstance(power, (int, float)) or isinstance(power, bool) or not power > 0:
-            raise ValueError(f"power must be a number > 0, got {power!r}")
+        check_number(type(self).__name__, "power", power, low=0, low_open=True)
         self.power = float(power)
 
     def shape(self, p: float, initial: float, final: float) -> float:
@@ -222,7 +210,7 @@ class ExponentialSchedule(SparsitySchedule):
 
     def shape(self, p: float, initial: float, final: float) -> float:
         if final >= 1.0:
-            raise ValueError("ExponentialSchedule: final sparsity must be < 1 (density cannot decay to 0 geometrically)")
+            fail("ExponentialSchedule", "final sparsity must be < 1 (density cannot decay to 0 geometrically)")
         d_i, d_f = 1.0 - initial, 1.0 - final
         if p >= 1.0:
             return final
@@ -252,14 +240,11 @@ class MultiStepSchedule(SparsitySchedule):
     """
 
     def __init__(self, milestones: Mapping[float, float], unit: Unit = "epoch") -> None:
-        if not isinstance(milestones, Mapping) or not milestones:
-            raise ValueError(f"milestones must be a non-empty mapping {{progress: sparsity}}, got {milestones!r}")
-        items = sorted((float(k), float(v)) for k, v in milestones.items())
+        items = sorted(check_milestones(type(self).__name__, "milestones", milestones).items())
         prev = 0.0
         for k, v in items:
-            _check_sparsity(f"milestones[{k:g}]", v)
             if v < prev:
-                raise ValueError(f"milestones must not decrease (masks only grow): {v} at {k:g} after {prev}")
+                fail(type(self).__name__, f"milestones must not decrease (masks only grow): {v} at {k:g} after {prev}")
             prev = v
         super().__init__(items[0][0], items[-1][0], 1.0, unit, 0.0, items[-1][1])
         self.milestones = dict(items)
@@ -314,7 +299,7 @@ def make_schedule(
     if isinstance(spec, Mapping):
         return MultiStepSchedule(spec, unit=unit)
     if not isinstance(spec, str) or spec.lower() not in _NAMED:
-        raise ValueError(f"schedule must be one of {list(SCHEDULE_NAMES)}, a {{epoch: sparsity}} mapping "
+        fail("", f"schedule must be one of {list(SCHEDULE_NAMES)}, a {{epoch: sparsity}} mapping "
                          f"or a SparsitySchedule, got {spec!r}")
     cls = _NAMED[spec.lower()]
     if cls is ConstantSchedule:

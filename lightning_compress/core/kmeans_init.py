@@ -1,0 +1,148 @@
+"""Sorted-data helpers and the initial centroids of 1-D k-means (plain and weighted).
+
+Everything here works on data sorted once: a centroid's Voronoi cell is a contiguous run of the sorted
+values, so cell masses come from prefix sums. With ``ws`` (per-point weights, sorted with the data) every
+count becomes a total weight and every sum a weighted sum; ``ws=None`` means unit weights.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+Init = Literal["linear", "density", "random", "kmeans++"]
+INITS: tuple[str, ...] = ("linear", "density", "random", "kmeans++")
+
+
+def prefix_sum(values: torch.Tensor) -> torch.Tensor:
+    """``[0, v0, v0+v1, ...]`` (n+1 entries) without an extra copy."""
+    out = values.new_zeros(values.numel() + 1)
+    torch.cumsum(values, 0, out=out[1:])
+    return out
+
+
+def sort_values(flat: torch.Tensor) -> torch.Tensor:
+    """Values sorted ascending. On CPU NumPy's sort is 2-3x faster than ``torch.sort`` (no indices needed)."""
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(flat.numpy()))
+    return torch.sort(flat)[0]
+
+
+def sort_pairs(flat: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values sorted ascending and their weights in the same order.
+
+    float32 on CPU: each (value, weight) pair is packed into one uint64 whose high half is an order-keeping
+    code of the value and whose low half holds the weight's bits, then sorted by NumPy's vectorised sort —
+    about the cost of sorting the values alone, where an argsort plus gathers costs ~3x.
+    """
+    if flat.device.type == "cpu" and flat.dtype == torch.float32 and flat.numel() < 2**32:
+        u = flat.numpy().view(np.uint32).astype(np.uint64)
+        code = np.where(u >> 31, u ^ 0xFFFFFFFF, u | 0x80000000)  # negatives reversed, below positives
+        fast = weights.dtype == torch.float32
+        # low half: the weight's own bits (no gather needed), or the position (other weight dtypes)
+        low = weights.numpy().view(np.uint32) if fast else np.arange(flat.numel(), dtype=np.uint32)
+        packed = (code << 32) | low.astype(np.uint64)
+        packed.sort()
+        code = (packed >> 32).astype(np.uint32)
+        bits = np.where(code >> 31, code ^ np.uint32(0x80000000), ~code)
+        low = (packed & 0xFFFFFFFF).astype(np.uint32)
+        ws = torch.from_numpy(low.view(np.float32)) if fast else weights.reshape(-1)[torch.from_numpy(low.astype(np.int64))]
+        return torch.from_numpy(bits.view(np.float32)), ws
+    xs, order = torch.sort(flat)
+    return xs, weights.reshape(-1)[order]
+
+
+def generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def cell_bounds(xs: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Start/end offsets in sorted float64 ``xs`` of each centroid's cell: ``bounds[j]:bounds[j+1]``."""
+    mid = (centroids[:-1] + centroids[1:]) * 0.5
+    if xs.device.type == "cpu":  # k queries: NumPy's searchsorted has ~100x less per-call overhead on CPU
+        inner = torch.from_numpy(np.searchsorted(xs.numpy(), mid.numpy(), side="right"))
+    else:
+        inner = torch.searchsorted(xs, mid, right=True)
+    return torch.cat([inner.new_zeros(1), inner, inner.new_tensor([xs.numel()])])
+
+
+def _kmeanspp(xs: torch.Tensor, ws: torch.Tensor | None, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ (D^2 sampling, weighted by ``ws``) on sorted data without an O(n k) distance matrix.
+
+    A new centre only changes the distances inside its Voronoi cell, a contiguous run of ``xs``; the mass of
+    every cell comes from prefix sums, so each draw picks a cell by mass (O(k)) and then a point inside it.
+    """
+    n = xs.numel()
+    x64 = xs.double()
+    w64 = None if ws is None else ws.double()
+    wx = x64 if w64 is None else w64 * x64
+    sw = None if w64 is None else prefix_sum(w64)
+    s1, s2 = prefix_sum(wx), prefix_sum(wx * x64)
+    first = torch.randint(n, (1,), generator=gen) if w64 is None else torch.multinomial(w64, 1, generator=gen)
+    centres = x64[first]
+    while centres.numel() < k:
+        b = cell_bounds(x64, centres)
+        lo, hi = b[:-1], b[1:]
+        cnt = (hi - lo).double() if sw is None else sw[hi] - sw[lo]
+        mass = ((s2[hi] - s2[lo]) - 2 * centres * (s1[hi] - s1[lo]) + centres * centres * cnt).clamp_min(0)
+        if float(mass.sum()) <= 0:
+            break
+        j = int(torch.multinomial(mass, 1, generator=gen))
+        seg = (x64[lo[j] : hi[j]] - centres[j]) ** 2
+        if w64 is not None:
+            seg = seg * w64[lo[j] : hi[j]]
+        cum = seg.cumsum(0)
+        u = torch.rand((), generator=gen, dtype=torch.float64) * cum[-1]
+        pick = int(torch.searchsorted(cum, u.reshape(1), right=True).clamp_max(seg.numel() - 1))
+        centres, _ = torch.sort(torch.cat([centres, x64[lo[j] + pick].reshape(1)]))
+    return centres
+
+
+def _weighted_quantile_index(ws: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Index of the (weighted) q-quantile, equal to ``round(q * (n - 1))`` for unit weights.
+
+    Point j sits at position ``P_j = W_{<j} - w_0 + (w_0 + w_j) / 2`` (j for unit weights); a target
+    position is rounded to a point by interpolating between the two points around it.
+    """
+    w64 = ws.double()
+    before = prefix_sum(w64)[:-1]
+    pos = before + (w64 - w64[0]) * 0.5
+    t = q * pos[-1]
+    j0 = (torch.searchsorted(pos, t, right=True) - 1).clamp(0, ws.numel() - 1)
+    j1 = (j0 + 1).clamp_max(ws.numel() - 1)
+    gap = (pos[j1] - pos[j0]).clamp_min(torch.finfo(torch.float64).tiny)
+    frac = torch.where(j1 > j0, (t - pos[j0]) / gap, torch.zeros_like(t))
+    return (j0.double() + frac).round().long().clamp(0, ws.numel() - 1)
+
+
+def init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None, ws: torch.Tensor | None = None):
+    """Initial centroids (float64, sorted) from sorted data ``xs`` (weights ``ws`` sorted alongside)."""
+    if ws is not None:  # zero-weight points count for nothing, not even as a candidate centroid
+        positive = ws > 0
+        xs, ws = xs[positive], ws[positive]
+    n = xs.numel()
+    if init == "linear":
+        c = torch.linspace(float(xs[0]), float(xs[-1]), k, dtype=torch.float64)
+    elif init == "density":
+        q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+        index = (q * (n - 1)).round().long() if ws is None else _weighted_quantile_index(ws, q)
+        c = xs[index].double()
+    elif init == "random":
+        gen = generator(seed)
+        if ws is None:
+            picks = torch.randperm(n, generator=gen)[: min(k, n)]
+        else:  # k distinct positions, each draw proportional to weight
+            picks = torch.multinomial(ws.double(), min(k, n), replacement=False, generator=gen)
+        c = xs[picks].double()
+    elif init == "kmeans++":
+        c = _kmeanspp(xs, ws, k, generator(seed))
+    else:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return torch.sort(c)[0]
+
+
+__all__ = ["INITS", "Init", "cell_bounds", "generator", "init_sorted", "prefix_sum", "sort_pairs", "sort_values"]
