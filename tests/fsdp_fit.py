@@ -131,15 +131,15 @@ class Probe(Callback):
 PRUNED, SHARED = ("fc1.weight", "fc2.weight"), ("fc1.weight", "fc3.weight")
 SPARSITY, BITS = 0.75, 3
 PRUNE_RULES = {"layer": {}, "global": {"scope": "global"}, "nm": {"structure": "2:4", "final_sparsity": None},
-               "std": {"criterion": "std", "sensitivity": 0.5, "final_sparsity": None, "schedule": {0.5: 1.0, 1.0: 1.0}}}
+               "std": {"criterion": "std", "sensitivity": 0.5, "final_sparsity": None, "schedule": {0.25: 1.0, 0.5: 1.0}}}
 
 
 def compression_callbacks(root: Path, prune: str, epochs: int) -> dict:
-    """Pruning of fc1/fc2 over epochs 0-1 (update every half epoch), sharing of fc1/fc3 at ``epochs - 2``
+    """Pruning of fc1/fc2 over epoch 0-0.5 (an update every quarter epoch), sharing of fc1/fc3 at ``epochs - 2``
     (``FSDP_FIT_ONLY=sharing,export`` keeps only those)."""
     from lightning_compress import CompressionMonitor, ExportCompressed, GradualMagnitudePruning, WeightSharing
 
-    kwargs = {"final_sparsity": SPARSITY, "start_epoch": 0.0, "end_epoch": 1.0, "update_every": 0.5,
+    kwargs = {"final_sparsity": SPARSITY, "start_epoch": 0.0, "end_epoch": 0.5, "update_every": 0.25,
               **PRUNE_RULES[prune]}
     return {
         "pruning": GradualMagnitudePruning(include=["fc1", "fc2"], prog_bar=False, **kwargs),

@@ -1,7 +1,7 @@
 """Pruning + weight sharing + monitor + export under FSDP2 (ModelParallelStrategy, 2 CPU processes, gloo).
 
-One fit of ``tests/fsdp_fit.py`` (pruning of fc1/fc2 to 75% over epochs 0-1, sharing of fc1/fc3 at 3 bits in the
-last epoch) under FSDP2, the same fit under DDP (same seed, same data order: each rank gets the same batches),
+One fit of ``tests/fsdp_fit.py`` (pruning of fc1/fc2 to 75% over epochs 0-0.5, sharing of fc1/fc3 at 3 bits from
+epoch 1) under FSDP2, the same fit under DDP (same seed, same data order: each rank gets the same batches),
 and the FSDP2 fit killed with ``SIGKILL`` mid-epoch 2 and resumed from ``last.ckpt``.
 
 The same fits pin what Lightning's ModelParallelStrategy does to a callback (the sharded support rests on it; if
@@ -39,7 +39,7 @@ from lightning_compress.core.sharing import SharedWeight  # noqa: E402
 pytestmark = pytest.mark.slow
 EPOCHS = 3
 #: the callbacks of fsdp_fit.compression_callbacks in these fits
-CALLBACKS = ("sharing", "monitor", "export")
+CALLBACKS = ("pruning", "sharing", "monitor", "export")
 
 
 @pytest.fixture(scope="module")
