@@ -96,3 +96,13 @@ def test_each_callback_under_fsdp2(tmp_path):
             assert "does not support" not in str(err), err
         else:
             assert type(callback) is not LowRankFactorization
+
+
+def test_fisher_weighting_refused_under_fsdp2():
+    from torch import nn
+
+    from lightning_compress import WeightSharing
+
+    trainer = SimpleNamespace(strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
+    with pytest.raises(CompressionConfigError, match="weighting='fisher' is not supported under ModelParallelStrategy"):
+        WeightSharing(3, weighting="fisher").setup(trainer, nn.Sequential(nn.Linear(4, 4)), "fit")
