@@ -52,7 +52,7 @@ def _checks(rank: int, world: int) -> dict:
 
 @pytest.fixture(scope="module")
 def ranks():
-    return FH.spawn(_checks)
+    return FH.spawned_checks("test_fsdp_masks")
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))

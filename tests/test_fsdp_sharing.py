@@ -69,7 +69,7 @@ def _checks(rank: int, world: int) -> dict:
 
 @pytest.fixture(scope="module")
 def ranks():
-    return FH.spawn(_checks)
+    return FH.spawned_checks("test_fsdp_sharing")
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES, ids=str)
