@@ -22,7 +22,9 @@ RESULTS = REPO / "benchmarks" / "results"
 MARKER = re.compile(r"<!-- results:([\w-]+) -->")
 log = logging.getLogger("mkdocs.hooks.results")
 
-# Deep Compression (Han, Mao, Dally 2016) on MNIST, as quoted in DESIGN.md ("Numbers to know").
+# On MNIST: Deep Compression (Han, Mao, Dally, ICLR 2016, arXiv:1510.00149, Tables 1-3: ratios, errors, per-layer
+# kept weights and bits, which repeat Han et al., NeurIPS 2015, arXiv:1506.02626, Table 2) and the best published
+# ratios, soft weight sharing (Ullrich, Meeds, Welling, ICLR 2017, arXiv:1702.04008, Table 1).
 PAPER = {
     "lenet300100": {"label": "LeNet-300-100", "weights": "266K", "dense_error": 1.64, "dc_ratio": 40, "dc_error": 1.58,
                     "dc_steps": "prune 12x, + quantization 32x, + Huffman 40x", "best_ratio": 64, "best_error": 1.94,

@@ -226,6 +226,9 @@ def compress(args: argparse.Namespace, root: Path) -> None:
                 "probe": {"events": probe.events, "post_steps": probe.post_steps, "facts": probe.facts,
                           "loaded": probe.loaded}},
                root / f"final_rank{trainer.global_rank}.pt")
+    if torch.distributed.is_initialized():  # an orderly exit: a rank leaving while gloo threads run may abort
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def run(dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -329,6 +329,12 @@ CASES = [
     Case("S09", "max_iter given as a string", _w(bits=4, max_iter="10"), MisconfigurationException, "max_iter must be an int", "init"),
     Case("S10", "negative tol", _w(bits=4, tol=-1.0), MisconfigurationException, "tol must be", "init"),
     Case("S11", "negative layer_interval", _w(bits=4, layer_interval=-1), MisconfigurationException, "layer_interval", "init"),
+    Case("S12", "unknown granularity", _w(bits=4, granularity="row"), MisconfigurationException, "granularity must be one of", "init"),
+    Case("S13", "granularity of 0 channels", _w(bits=4, granularity=0), MisconfigurationException, "granularity must be 'tensor', 'channel' or an int >= 1", "init"),
+    Case("S14", "unknown weighting", _w(bits=4, weighting="hessian"), MisconfigurationException, "weighting must be one of", "init"),
+    Case("S15", "calibration_batches of 0", _w(bits=4, calibration_batches=0), MisconfigurationException, "calibration_batches must be an int >= 1", "init"),
+    Case("S16", "bits='auto' without target_bits", _w(bits="auto"), MisconfigurationException, "target_bits must be a finite number >= 2", "init"),
+    Case("S17", "target_bits without bits='auto'", _w(bits=4, target_bits=3.0), MisconfigurationException, "target_bits=3.0 is used only with bits='auto'", "init"),
     # -- LowRankFactorization / ExportCompressed arguments
     Case("F01", "energy above 1", _f(energy=1.5), MisconfigurationException, "energy", "init"),
     Case("F02", "two rank rules at once", _f(energy=0.9, rank=4), MisconfigurationException, "only one of energy, rank, param_ratio", "init"),

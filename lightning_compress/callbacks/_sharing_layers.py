@@ -48,13 +48,12 @@ class SharedLayer:
         with torch.no_grad():
             local_tensor(self.param).copy_(self.shared.decode().to(self.param.dtype))
 
-    def representative_zeroed(self) -> bool:
-        """Whether someone zeroed a cluster's representative (cheap: one read per cluster)."""
-        reps = self.shared.representatives()
-        reps = reps[reps >= 0]
-        hit = bool(reps.numel()) and bool((local_tensor(self.param).reshape(-1).index_select(0, reps) == 0).any())
-        parts = self.shared.parts  # FSDP2: every rank must then absorb zeros together (a collective)
-        return hit if parts is None else bool(parts.count(int(hit)))
+    def representative_zeroed(self) -> torch.Tensor:
+        """Whether someone zeroed a cluster's representative (0-dim bool tensor; one read per cluster)."""
+        reps = self.shared.used_representatives()
+        hit = (local_tensor(self.param).reshape(-1).index_select(0, reps) == 0).any()
+        parts = self.shared.parts  # FSDP2: the ranks must agree (absorbing zeros is then collective)
+        return hit if parts is None else torch.tensor(bool(parts.count(int(hit))))
 
     def describe(self) -> str:
         s = self.shared
