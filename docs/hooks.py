@@ -339,6 +339,16 @@ def render_transformer_file(path: Path) -> str:
                               "yes" if g["met"] else "no"])
     if goal_rows:
         out += [table(["goal", "target", "measured (best within budget)", "met"], goal_rows), ""]
+    structure = data.get("structure", {})
+    if structure:
+        rows = [[name, num(st["dense_bytes"]), num(st["weight_bytes"]), num(st["other_bytes"]),
+                 num(st["tied_alias_copy_bytes"]), ratio(st["max_ratio_if_weights_free"], 1)]
+                for name, st in structure.items()]
+        out += ["Where the bytes are (fresh model): every file stores the non-weight tensors at 32 bits and the "
+                "exporter writes a tied tensor's alias (the LM head) again, raw; the last column is the ratio a file "
+                "would have if every weight matrix cost nothing.", "",
+                table(["model", "dense bytes", "weight matrices", "other tensors (32-bit)", "raw copy of tied tensors",
+                       "ratio ceiling"], rows), ""]
     return "\n".join(out)
 
 
