@@ -213,6 +213,7 @@ def run_model(name: str, setup: dict, method: str, quick: bool, repeats: int, wo
 
 def scale_model(layers: int = 8, width: int = 2048, sparsity: float = 0.9, bits: int = 5) -> torch.nn.Module:
     """``layers`` Linear(width, width), magnitude-pruned to ``sparsity``, survivors on 2**bits - 1 linear centroids."""
+    torch.manual_seed(0)  # the biases
     g = torch.Generator().manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
     with torch.no_grad():
@@ -261,6 +262,7 @@ def main_scale(repeats: int) -> None:
         r = run_scale(repeats, workdir)
     meta = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "repeats": repeats, "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "load_average": os.getloadavg(),
             "note": "medians of interleaved repeats, one thread, on a shared 2-core CPU (other jobs running)"}
     out.write_text(json.dumps({"meta": meta, "results": r}, indent=2))
     print("| | seconds | M weights/s |\n|---|---:|---:|")

@@ -197,6 +197,30 @@ def _lcz(tmp: Path) -> tuple[Path, bytes]:
     return path, path.read_bytes()
 
 
+def _export_under_a_file(tmp):
+    (tmp / "a_file").write_text("x")
+    ExportCompressed(tmp / "a_file" / "m.lcz")
+
+
+def _read_over_limit(tmp):
+    from lightning_compress.export import read_compressed
+
+    path, _ = _lcz(tmp)
+    read_compressed(path, max_bytes=64)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("unpickled",))
+
+
+def _unsafe_checkpoint(tmp):
+    from lightning_compress.export_cli import load_checkpoint
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _RunsCode()}}, tmp / "evil.ckpt")
+    load_checkpoint(str(tmp / "evil.ckpt"))
+
+
 def _load_truncated(tmp):
     path, raw = _lcz(tmp)
     path.write_bytes(raw[: len(raw) // 2])
@@ -305,6 +329,12 @@ CASES = [
     Case("S09", "max_iter given as a string", _w(bits=4, max_iter="10"), MisconfigurationException, "max_iter must be an int", "init"),
     Case("S10", "negative tol", _w(bits=4, tol=-1.0), MisconfigurationException, "tol must be", "init"),
     Case("S11", "negative layer_interval", _w(bits=4, layer_interval=-1), MisconfigurationException, "layer_interval", "init"),
+    Case("S12", "unknown granularity", _w(bits=4, granularity="row"), MisconfigurationException, "granularity must be one of", "init"),
+    Case("S13", "granularity of 0 channels", _w(bits=4, granularity=0), MisconfigurationException, "granularity must be 'tensor', 'channel' or an int >= 1", "init"),
+    Case("S14", "unknown weighting", _w(bits=4, weighting="hessian"), MisconfigurationException, "weighting must be one of", "init"),
+    Case("S15", "calibration_batches of 0", _w(bits=4, calibration_batches=0), MisconfigurationException, "calibration_batches must be an int >= 1", "init"),
+    Case("S16", "bits='auto' without target_bits", _w(bits="auto"), MisconfigurationException, "target_bits must be a finite number >= 2", "init"),
+    Case("S17", "target_bits without bits='auto'", _w(bits=4, target_bits=3.0), MisconfigurationException, "target_bits=3.0 is used only with bits='auto'", "init"),
     # -- LowRankFactorization / ExportCompressed arguments
     Case("F01", "energy above 1", _f(energy=1.5), MisconfigurationException, "energy", "init"),
     Case("F02", "two rank rules at once", _f(energy=0.9, rank=4), MisconfigurationException, "only one of energy, rank, param_ratio", "init"),
@@ -317,6 +347,9 @@ CASES = [
     Case("E02", "export path is a directory", lambda tmp: ExportCompressed(tmp), ValueError, "is a directory", "init"),
     Case("E03", "export include pattern that matches nothing",
          lambda tmp: fit_raises([ExportCompressed(tmp / "m.lcz", include="fc9*")]), ValueError, "include pattern 'fc9*'", "setup"),
+    Case("E04", "export path under a regular file", _export_under_a_file, ValueError, "is a file, not a folder", "init"),
+    Case("E05", "export path with a NUL character", lambda tmp: ExportCompressed(str(tmp / "m\0.lcz")), ValueError,
+         "contains a NUL character", "init"),
     # -- selection, at setup
     Case("T01", "include pattern that matches nothing",
          lambda tmp: fit_raises([GradualMagnitudePruning(0.5, include="fc9*")]), ValueError, "include pattern 'fc9*'", "setup"),
@@ -392,6 +425,10 @@ CASES = [
     Case("X02", "one flipped byte in a compressed file", _load_flipped, CorruptedFileError, "checksum mismatch", "load"),
     Case("X03", "a torch.save file given to load_compressed", _load_not_lcz, NotCompressedFileError, "not a lightning-compress file", "load"),
     Case("X04", "compressed file of another architecture", _load_other_architecture, ArchitectureMismatchError, "fc1.weight", "load"),
+    Case("X05", "compressed file larger than read_compressed's memory limit", _read_over_limit, ValueError,
+         "more than the limit max_bytes=", "load"),
+    Case("X06", "checkpoint that would run code when unpickled, given to the export tool", _unsafe_checkpoint,
+         ValueError, "would run code from the file", "load"),
     # -- YAML through the CLI parser
     Case("Y01", "unknown schedule name in YAML",
          lambda tmp: _cli(tmp, PRUNING_YAML.format("final_sparsity: 0.5, schedule: cubik")), ValueError, "schedule must be one of", "parse"),

@@ -598,3 +598,26 @@ def test_auto_bits_arguments_and_an_impossible_budget(tmp_path):
     sharing = WeightSharing("auto", target_bits=2.0, evaluate=False)  # fc2's 96 weights need 2 bits + 4 floats
     with pytest.raises(CompressionConfigError, match="target_bits=2.0"):
         make_trainer(tmp_path, [sharing], max_epochs=1).fit(TinyNet(), loaders()[0])
+
+
+def test_steps_reuse_one_index_and_state_is_one_byte_per_weight(tmp_path):
+    """No per-step conversion of the assignments: the (group, code) index is built once per codebook."""
+    seen: dict[str, set] = {}
+
+    class Watch(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            for name, shared in sharing.codebooks.items():
+                seen.setdefault(name, set()).add(id(shared.flat_index()))
+
+    sharing = WeightSharing(4, start_epoch=0, evaluate=False, granularity=4)
+    make_trainer(tmp_path, [sharing, Watch()], max_epochs=2).fit(TinyNet("adam"), loaders()[0])
+    assert all(len(ids) == 1 for ids in seen.values()) and len(seen) == 3
+    state = sharing.state_dict()["layers"]
+    for name, entry in state.items():
+        assert entry["assignment"].dtype == torch.uint8 and entry["rows_per_group"] in (3, 4)  # fc2 has 3 rows: one codebook
+    from lightning_compress.callbacks._sharing_layers import sharing_metrics
+
+    per_weight = sharing_metrics(sharing._layers)["compress/sharing/state_bytes_per_weight"]
+    weights = sum(e["assignment"].numel() for e in state.values())
+    floats = sum(e["centroids"].numel() for e in state.values())
+    assert per_weight == pytest.approx((weights + 4 * floats) / weights)

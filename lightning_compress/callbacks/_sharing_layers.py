@@ -47,11 +47,10 @@ class SharedLayer:
         with torch.no_grad():
             self.param.copy_(self.shared.decode().to(self.param.dtype))
 
-    def representative_zeroed(self) -> bool:
-        """Whether someone zeroed a cluster's representative (cheap: one read per cluster)."""
-        reps = self.shared.representatives()
-        reps = reps[reps >= 0]
-        return bool(reps.numel()) and bool((self.param.detach().reshape(-1).index_select(0, reps) == 0).any())
+    def representative_zeroed(self) -> torch.Tensor:
+        """Whether someone zeroed a cluster's representative (0-dim bool tensor; one read per cluster)."""
+        reps = self.shared.used_representatives()
+        return (self.param.detach().reshape(-1).index_select(0, reps) == 0).any()
 
     def describe(self) -> str:
         s = self.shared

@@ -158,10 +158,6 @@ class WeightSharing(Callback):
         """``{layer: SharedWeight}`` of the layers shared so far (live: centroids move during fine-tuning)."""
         return {name: layer.shared for name, layer in self._layers.items()}
 
-    @property
-    def _targets(self) -> list[Target]:  # read by callbacks/_conflicts.check_mixed_units until it reads claims
-        return self.targets
-
     def describe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Claim:
         """What this callback does: cluster each selected layer once (start == end), in epochs or steps."""
         targets = self.targets or find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
@@ -206,7 +202,7 @@ class WeightSharing(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_mixed_units(trainer, self)  # pruning in epochs vs sharing in steps (or the reverse): now comparable
+        check_mixed_units(trainer, pl_module)  # pruning in epochs vs sharing in steps (or the reverse): now comparable
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -228,20 +224,22 @@ class WeightSharing(Callback):
             sync_optimizer_state(optimizer, self._layers.values())
             self._synced.add(id(optimizer))
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        layers = {n: layer for n, layer in self._layers.items() if id(layer.param) in owned and layer.param.grad is not None}
+        if not layers:
+            return
         scan = self._scan_zeros or self._pruning_live
         self._scan_zeros = False
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
         with torch.no_grad():
-            for name, layer in self._layers.items():
-                p = layer.param
-                if id(p) not in owned or p.grad is None:
-                    continue
-                if scan or layer.representative_zeroed():
-                    layer.shared.absorb_zeros(p)
-                g = layer.shared.share_gradient(p.grad, self.reduction)
-                if scaler is None and not bool(torch.isfinite(g).all()):  # (a grad scaler skips such steps)
-                    raise FloatingPointError(f"{OWNER}: non-finite gradient (NaN/inf) for shared layer "
-                                             f"{name} at step {trainer.global_step}; it would poison whole clusters")
+            zeroed = [layer.representative_zeroed() for layer in layers.values()]  # one device sync for all layers
+            for layer, hit in zip(layers.values(), _flags(zeroed)):
+                if scan or hit:
+                    layer.shared.absorb_zeros(layer.param)
+            grads = [layer.shared.share_gradient(layer.param.grad, self.reduction) for layer in layers.values()]
+        if getattr(trainer.precision_plugin, "scaler", None) is None:  # (a grad scaler skips such steps itself)
+            bad = [name for name, ok in zip(layers, _flags([torch.isfinite(g).all() for g in grads])) if not ok]
+            if bad:
+                raise FloatingPointError(f"{OWNER}: non-finite gradient (NaN/inf) for shared layer {bad[0]} at step "
+                                         f"{trainer.global_step}; it would poison whole clusters")
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -409,6 +407,14 @@ class WeightSharing(Callback):
         if not self.evaluate:
             return None
         return validation_accuracy(trainer, pl_module, OWNER, max_batches=self.eval_batches)
+
+
+def _flags(values: list[torch.Tensor]) -> list[bool]:
+    """Booleans of 0-dim tensors with one device synchronisation (not one per layer)."""
+    if not values:
+        return []
+    device = values[0].device
+    return torch.stack([v.to(device) for v in values]).tolist()
 
 
 def sync_optimizer_state_all(optimizers: Sequence[Any], layers: Sequence[SharedLayer]) -> None:

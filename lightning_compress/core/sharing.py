@@ -92,6 +92,7 @@ class SharedWeight:
     _flat: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
     _counts: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
     _reps: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _used_reps: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.centroids.dim() == 1:
@@ -130,7 +131,7 @@ class SharedWeight:
                 offset = torch.arange(max(1, rows), device=codes.device, dtype=torch.int64) // self.rows_per_group
                 codes = codes + (offset * (self.k + 1)).unsqueeze(1)
             self._flat = codes.reshape(-1)
-            self._counts = self._reps = None
+            self._counts = self._reps = self._used_reps = None
         return self._flat
 
     def counts(self) -> torch.Tensor:
@@ -143,17 +144,25 @@ class SharedWeight:
     def representatives(self) -> torch.Tensor:
         """Flat position of one member per ``(group, code)``, ``(G, k)`` int64; ``-1`` where a code is unused."""
         if self._reps is None or self._flat is None:
-            flat = self.flat_index()
+            flat = self.flat_index()  # (may reset the caches when it rebuilds)
             size = self.groups * (self.k + 1)
             pos = torch.arange(flat.numel(), device=flat.device)
             first = torch.full((size,), flat.numel(), dtype=torch.long, device=flat.device)
             first.scatter_reduce_(0, flat, pos, reduce="amin")
             first[first == flat.numel()] = -1
             self._reps = first.reshape(self.groups, -1)[:, : self.k].contiguous()
+            self._used_reps = self._reps[self._reps >= 0]
         return self._reps
 
+    def used_representatives(self) -> torch.Tensor:
+        """Flat positions of one member of every used code (the ``>= 0`` entries of ``representatives``)."""
+        if self._used_reps is None or self._reps is None or self._flat is None:
+            self._reps = None
+            self.representatives()
+        return self._used_reps
+
     def _invalidate(self) -> None:
-        self._flat = self._counts = self._reps = None
+        self._flat = self._counts = self._reps = self._used_reps = None
 
     # -- the operations of a fine-tuning step (vectorised over groups) -------------------------------
     def table(self, values: torch.Tensor | None = None) -> torch.Tensor:
