@@ -76,7 +76,6 @@ def _run_ours(rows: int, cols: int, k: int, granularity: str, tol: float) -> dic
 
 
 def _run_sklearn(rows: int, cols: int, k: int, granularity: str, tol: float, sk_values: int, sk_rows: int) -> dict:
-    import numpy as np
     from sklearn.cluster import KMeans
 
     from lightning_compress.core.kmeans import init_centroids
@@ -100,7 +99,8 @@ def _run_sklearn(rows: int, cols: int, k: int, granularity: str, tol: float, sk_
     scale = rows * cols / measured
     return {"seconds": seconds * scale, "seconds_measured": seconds, "extrapolated_x": scale,
             "peak_mib": peak / 1024, "inertia": inertia * scale if granularity == "channel" else None,
-            "values": rows * cols, "measured_values": measured, "threads": int(np.__config__ and os.cpu_count() or 0)}
+            "values": rows * cols, "measured_values": measured,
+            "threads": os.cpu_count()}  # scikit-learn's OpenMP uses every core by default
 
 
 def torch_perm(n: int, m: int):
@@ -186,13 +186,15 @@ def main(argv=None) -> None:
     ap.add_argument("--sk-values", type=int, default=2_000_000, help="scikit-learn per-tensor subsample")
     ap.add_argument("--sk-rows", type=int, default=64, help="scikit-learn per-channel rows measured")
     ap.add_argument("--coreai-path", default=None, help="directory holding coreai-opt (pip install --target)")
-    ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: ours sklearn coreai")
+    ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: ours sklearn coreai (their rows of the "
+                    "previous run are kept)")
+    ap.add_argument("--granularities", nargs="+", default=["tensor", "channel"])
     args = ap.parse_args(argv)
     rows, cols = (1024, 1024) if args.quick else (args.rows, args.cols)
     sk_values = min(args.sk_values, rows * cols // 4) if args.quick else args.sk_values
     sys.path.insert(0, str(ROOT))
     table = []
-    for gran in ("tensor", "channel"):
+    for gran in args.granularities:
         jobs = [("ours", _run_ours, (rows, cols, args.k, gran, args.tol)),
                 ("sklearn", _run_sklearn, (rows, cols, args.k, gran, args.tol, sk_values, args.sk_rows))]
         if args.coreai_path:
@@ -203,6 +205,13 @@ def main(argv=None) -> None:
             row = {"method": name, "granularity": gran, **measure(fn, *fargs)}
             table.append(row)
             print(json.dumps(row), flush=True)
+    path = RESULTS / f"kmeans_scale{'_quick' if args.quick else ''}.json"
+    if args.skip and path.exists():  # keep the skipped methods' rows of the previous run (same sizes)
+        old = json.loads(path.read_text())
+        if (old["rows"], old["cols"], old["k"]) == (rows, cols, args.k):
+            kept = [r for r in old["table"] if r["method"].split("-")[0] in args.skip
+                    or r["granularity"] not in args.granularities]
+            table = sorted(kept + table, key=lambda r: (r["granularity"] != "tensor", r["method"]))
     ours = {r["granularity"]: r for r in table if r["method"] == "ours" and "error" not in r}
     for r in table:
         if r.get("inertia") is not None and r["granularity"] in ours:
@@ -211,7 +220,6 @@ def main(argv=None) -> None:
                "env": {"python": platform.python_version(), "cpus": os.cpu_count(),
                        "threads": int(os.environ.get("BENCH_THREADS", "1"))}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"kmeans_scale{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(payload, indent=2))
     print(f"\n{rows} x {cols} = {rows * cols:,} weights, k = {args.k}")
     print("| method | granularity | time (s) | peak extra memory (MiB) | inertia vs ours | note |")
