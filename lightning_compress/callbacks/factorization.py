@@ -87,8 +87,10 @@ class LowRankFactorization(Callback):
         param_ratio: target factorized/dense weight count per layer in (0, 1), or a mapping.
         epoch: ``None`` factorizes at the end of training (post-hoc); an int factorizes at the start of that
             epoch, and the remaining epochs fine-tune the factors.
-        include, exclude, types: layer selection as everywhere in this package (default types: linear, conv2d;
-            other types are skipped with a message).
+        include: globs of the layers to factorize (default: every layer of ``types``).
+        exclude: globs of layers to keep dense.
+        types: ``"linear"`` (truncated SVD) and ``"conv2d"`` (Tucker-2), the default; other types are skipped
+            with a message.
         hooi_iters: HOOI refinement sweeps after the HOSVD initialisation of Tucker-2 (0 = HOSVD only).
         force: factorize layers that already look pruned (exact zeros) or shared (few distinct values).
         evaluate: measure validation accuracy just before/after factorizing and after fine-tuning.

@@ -55,8 +55,10 @@ class CompressionMonitor(Callback):
     """Log sparsity, bits, estimated size and ratio, and accuracy or perplexity during fit.
 
     Args:
-        include, exclude, types: which layers count as compressible (default: every weight matrix, as
-            everywhere in this package).
+        include: globs of the layers that count as compressible (default: every weight matrix, as everywhere
+            in this package).
+        exclude: globs of layers left out of the statistics.
+        types: layer types that count (``"linear"``, ``"conv"``, ``"embedding"``, ... or classes).
         accuracy_key: metric the module logs itself; when it never appears, accuracy is computed here with
             torchmetrics from classification batches ``(x, y)``.
         loss_key: the validation loss (mean cross-entropy in nats) the module logs; a language model's

@@ -93,8 +93,12 @@ class GradualMagnitudePruning(Callback):
         sensitivity: Han's ``q``, a float or ``{glob: float}`` (per-layer sensitivity); ``criterion="std"`` only.
         structure: ``"N:M"`` (e.g. ``"2:4"``): keep N of every M consecutive input weights; the ramp goes
             from M to N kept per group.
-        include, exclude: globs over parameter or module names; ``types``: layer types (default Linear and
-            Conv/ConvTranspose weights); ``param_names``: which parameters of those modules (``["weight", "bias"]``).
+        include: globs over parameter or module names of the layers to prune (``"fc*"``); default: every
+            layer of ``types``.
+        exclude: globs of layers to leave dense (applied after ``include``).
+        types: layer types (``"linear"``, ``"conv"``, ``"embedding"``, ``"attention"``, ``"rnn"``, ... or classes);
+            default: every weight matrix (Linear, Conv/ConvTranspose, Embedding, attention, RNN weights).
+        param_names: which parameters of those modules (``["weight", "bias"]`` for biases too).
         log_layers: log per-layer sparsity at every update (global values are always logged).
         prog_bar: show the current global sparsity as ``sparsity`` in the progress bar.
     """
