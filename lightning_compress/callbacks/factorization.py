@@ -37,6 +37,8 @@ Logged: ``compress/lowrank/acc_before|acc_after|acc_finetuned`` (validation top-
 
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 from collections.abc import Mapping
@@ -61,7 +63,7 @@ from lightning_compress.callbacks._plumbing import carry_step_hooks
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.core import lowrank
 from lightning_compress.core.targets import Target, find_targets, per_target_value
-from lightning_compress.validation import check_bool, check_int, fail, reraise_as_config_error
+from lightning_compress.validation import as_config_error, check_bool, check_int, fail, reraise_as_config_error
 
 _OWNER = "LowRankFactorization"
 #: Top-level checkpoint key holding the plan (list of dicts), readable without the callback.
@@ -263,10 +265,8 @@ class LowRankFactorization(Callback):
         return lowrank.RankRule(self.rule_kind, tuple(value) if isinstance(value, (list, tuple)) else value)
 
     def _selected(self, model: nn.Module) -> list[Target]:
-        try:
+        with as_config_error(_OWNER):
             return find_targets(model, self.include, self.exclude, self.types, owner=_OWNER)
-        except ValueError as err:
-            fail("", str(err))
 
     def _candidates(self, model: nn.Module) -> list[Target]:
         """Selected Linear/Conv2d layers that are not factors already and not tied (quiet: no messages)."""
@@ -371,10 +371,7 @@ class LowRankFactorization(Callback):
         first_batch = None
         if record_shapes is not None:
             plan, shapes = record_shapes
-
-            def first_batch():
-                return _shape_hooks(pl_module, plan, shapes)
-
+            first_batch = functools.partial(_shape_hooks, pl_module, plan, shapes)
         return validation_accuracy(trainer, pl_module, _OWNER, self.eval_batches, first_batch)
 
     @staticmethod

@@ -43,7 +43,7 @@ from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.core.metrics import is_classification
 from lightning_compress.core.stats import ModelStats, model_stats
 from lightning_compress.core.targets import Target, find_targets
-from lightning_compress.validation import check_bool, fail
+from lightning_compress.validation import as_config_error, check_bool, fail
 
 _OWNER = "CompressionMonitor"
 Task = Literal["classification", "language_model", "other"]
@@ -100,10 +100,8 @@ class CompressionMonitor(Callback):
     # -- measuring ---------------------------------------------------------------------------------
     def targets(self, model: torch.nn.Module) -> list[Target]:
         """The selected layers (the package's one selection; ``CompressionConfigError`` when it is wrong)."""
-        try:
+        with as_config_error(_OWNER):
             return find_targets(model, self.include, self.exclude, self.types, owner=_OWNER)
-        except ValueError as err:
-            fail("", str(err))
 
     def measure(self, model: torch.nn.Module) -> ModelStats:
         """Statistics of ``model``'s selected layers (re-selected each time: factorization may change them)."""

@@ -56,7 +56,7 @@ from lightning_compress.core.sharded_masks import apply_rule, local_masks, non_f
 from lightning_compress.core.targets import Target, find_targets, per_target_value
 from lightning_compress.schedules.reach import last_progress
 from lightning_compress.schedules.sparsity import SparsitySchedule, make_schedule
-from lightning_compress.validation import check_bool, check_choice, check_fraction, check_number, fail
+from lightning_compress.validation import as_config_error, check_bool, check_choice, check_fraction, check_number, fail
 
 _OWNER = args.OWNER
 #: Without ``end_epoch``, the ramp ends after this fraction of ``max_epochs`` (the rest fine-tunes).
@@ -295,7 +295,8 @@ class GradualMagnitudePruning(Callback):
 
     # ---------------------------------------------------------------- schedule and progress
     def _find_targets(self, pl_module: pl.LightningModule) -> list[Target]:
-        return find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)
+        with as_config_error(_OWNER):
+            return find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)
 
     def _build_schedule(self, trainer: pl.Trainer) -> SparsitySchedule:
         if isinstance(self.schedule_spec, SparsitySchedule):
