@@ -41,11 +41,12 @@ import torch  # noqa: E402
 from _common import ROOT, meta, parser, result_path, write_json  # noqa: E402
 from _recipe_run import run_recipe  # noqa: E402
 
-from lightning_compress.core import masks as M  # noqa: E402
+from lightning_compress.core import masks  # noqa: E402
+from lightning_compress.core.metrics import top1_accuracy  # noqa: E402
 from lightning_compress.core.sharing import cluster_weight  # noqa: E402
 from lightning_compress.core.targets import find_targets, per_target_value  # noqa: E402
 from lightning_compress.export import load_compressed, save_compressed  # noqa: E402
-from lightning_compress.sensitivity import analyze_sensitivity, top1_accuracy  # noqa: E402
+from lightning_compress.sensitivity import analyze_sensitivity  # noqa: E402
 
 NETS = {
     "lenet300100": ROOT / "examples" / "configs" / "deep_compression_lenet300100_fashion_mnist.yaml",
@@ -84,7 +85,7 @@ def _pruned(model: torch.nn.Module, sparsity: float) -> torch.nn.Module:
     out = copy.deepcopy(model)
     for t in find_targets(out):
         with torch.no_grad():
-            M.apply_mask_(t.param, M.magnitude_mask(t.param, sparsity))
+            masks.apply_mask_(t.param, masks.magnitude_mask(t.param, sparsity))
     return out
 
 

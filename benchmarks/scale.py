@@ -210,7 +210,27 @@ def child(size: str, phases: str, threads: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- parent
+#: Bytes a phase needs beyond nothing, in multiples of the weights' float32 bytes (weights, grads, masks, copies).
+NEED = {"step_dense": 2.6, "step_pruning": 2.9, "import": 2.5, "torch_load": 2.5, "export": 2.0}
+
+
+def available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where unknown): the machine is shared, so a big phase checks first."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def run(size: str, phases: list[str], threads: int) -> list[dict]:
+    need = max(NEED.get(p, 1.5) for p in phases) * weights_of(size) * 4 + 2 * 2**30  # + 2 GiB headroom
+    free = available_bytes()
+    if free and need > free:
+        return [{"phase": p, "error": f"skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available"}
+                for p in phases]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "131072",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, __file__, "--child", size, ",".join(phases), "--threads", str(threads)],
@@ -235,16 +255,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(paths: list[Path]) -> str:
+    """The committed results as one Markdown table (for docs/results.md): a row per phase, a column per size."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    sizes = [(size, run) for run in runs for size in run["sizes"]]
+    header = "| phase | " + " | ".join(f"{s} ({run['sizes'][s]['weights'] / 1e6:.0f}M): CPU s / wall s / peak +MiB"
+                                      for s, run in sizes) + " |"
+    lines = [header, "|---" * (len(sizes) + 1) + "|"]
+    for phase in PHASES:
+        cells = []
+        for size, run in sizes:
+            row = next((r for r in run["rows"] if r["size"] == size and r["phase"] == phase), None)
+            if row is None or "error" in row:
+                cells.append("not run" if row is None else "error")
+            elif phase.startswith("step_"):  # the median step, not the phase (which builds a Trainer)
+                cells.append(f"{row['step_cpu_s']:.3g} / {row['step_wall_s']:.3g} / {row['peak_extra_mib']:.0f}")
+            else:
+                cells.append(f"{row['cpu_s']:.3g} / {row['wall_s']:.3g} / {row['peak_extra_mib']:.0f}")
+        lines.append(f"| `{phase}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the two small sizes q1, q2 (< 60 s)")
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--update", action="store_true", help="replace only the measured phases' rows in the JSON")
+    parser.add_argument("--markdown", nargs="+", type=Path, help="print committed result files as a Markdown table")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child, args.threads)
+        return
+    if args.markdown:
+        print(markdown(args.markdown))
         return
     sizes = args.sizes or (["q1", "q2"] if args.quick else ["100M"])
     rows = []
@@ -262,6 +308,10 @@ def main(argv=None) -> None:
     name = "scale_quick" if args.quick and not args.sizes else "scale_" + "_".join(sizes)
     out = RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.update and out.exists():  # re-measured phases replace their rows; the others are kept
+        redone = {(r["size"], r["phase"]) for r in rows}
+        rows = [r for r in json.loads(out.read_text())["rows"] if (r["size"], r["phase"]) not in redone] + rows
+        rows.sort(key=lambda r: (list(SIZES).index(r["size"]), PHASES.index(r["phase"])))
     out.write_text(json.dumps({
         "sizes": {s: dict(zip(("d", "ffn", "blocks"), SIZES[s]), weights=weights_of(s)) for s in sizes},
         "threads": args.threads, "sparsity": SPARSITY, "export_sparsity": EXPORT_SPARSITY, "bits": BITS,

@@ -247,6 +247,21 @@ def goals(summary: dict, timing: dict | None) -> dict:
     return out
 
 
+def structure(name: str, cfg: dict) -> dict:
+    """Where a model's bytes are, from a fresh instance: the selected weight matrices, the other tensors stored
+    at 32 bits (biases, norms, BatchNorm statistics), and the extra raw copies of tied tensors the exporter
+    writes under their alias names. ``max_ratio_if_weights_free``: the ratio if every weight matrix cost 0."""
+    from lightning_compress.core.targets import find_targets
+
+    model = make(name, cfg, 0)[0]
+    targets = find_targets(model)
+    weights = 4 * sum(t.param.numel() for t in targets)
+    total = dense_bytes(model)
+    alias_copies = 4 * sum(t.param.numel() * len(t.aliases) for t in targets)
+    return dict(dense_bytes=total, weight_bytes=weights, other_bytes=total - weights, tied_alias_copy_bytes=alias_copies,
+                max_ratio_if_weights_free=total / (total - weights + alias_copies))
+
+
 def merge(paths: list[str], out: Path) -> None:
     """One result file from the per-model runs (``--models tinygpt`` and ``--models resnet`` run in parallel)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
@@ -257,7 +272,8 @@ def merge(paths: list[str], out: Path) -> None:
                 setups={k: v for d in parts for k, v in d["meta"]["setups"].items()},
                 wall_s=sum(d["meta"]["wall_s"] for d in parts))
     result = dict(meta=meta, chosen_bits={k: v for d in parts for k, v in d["chosen_bits"].items()},
-                  summary=summary, goals=goals(summary, timing), step_time=timing, runs=rows)
+                  summary=summary, goals=goals(summary, timing), step_time=timing,
+                  structure={n: structure(n, cfg) for n, cfg in meta["setups"].items()}, runs=rows)
     out.write_text(json.dumps(result, indent=1))
     print(table(summary))
     print(json.dumps(result["goals"], indent=1))

@@ -22,7 +22,9 @@ RESULTS = REPO / "benchmarks" / "results"
 MARKER = re.compile(r"<!-- results:([\w-]+) -->")
 log = logging.getLogger("mkdocs.hooks.results")
 
-# Deep Compression (Han, Mao, Dally 2016) on MNIST, as quoted in DESIGN.md ("Numbers to know").
+# On MNIST: Deep Compression (Han, Mao, Dally, ICLR 2016, arXiv:1510.00149, Tables 1-3: ratios, errors, per-layer
+# kept weights and bits, which repeat Han et al., NeurIPS 2015, arXiv:1506.02626, Table 2) and the best published
+# ratios, soft weight sharing (Ullrich, Meeds, Welling, ICLR 2017, arXiv:1702.04008, Table 1).
 PAPER = {
     "lenet300100": {"label": "LeNet-300-100", "weights": "266K", "dense_error": 1.64, "dc_ratio": 40, "dc_error": 1.58,
                     "dc_steps": "prune 12x, + quantization 32x, + Huffman 40x", "best_ratio": 64, "best_error": 1.94,
@@ -337,6 +339,16 @@ def render_transformer_file(path: Path) -> str:
                               "yes" if g["met"] else "no"])
     if goal_rows:
         out += [table(["goal", "target", "measured (best within budget)", "met"], goal_rows), ""]
+    structure = data.get("structure", {})
+    if structure:
+        rows = [[name, num(st["dense_bytes"]), num(st["weight_bytes"]), num(st["other_bytes"]),
+                 num(st["tied_alias_copy_bytes"]), ratio(st["max_ratio_if_weights_free"], 1)]
+                for name, st in structure.items()]
+        out += ["Where the bytes are (fresh model): every file stores the non-weight tensors at 32 bits and the "
+                "exporter writes a tied tensor's alias (the LM head) again, raw; the last column is the ratio a file "
+                "would have if every weight matrix cost nothing.", "",
+                table(["model", "dense bytes", "weight matrices", "other tensors (32-bit)", "raw copy of tied tensors",
+                       "ratio ceiling"], rows), ""]
     return "\n".join(out)
 
 

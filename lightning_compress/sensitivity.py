@@ -171,8 +171,11 @@ def analyze_sensitivity(
         sparsities: increasing fractions of each layer's weights to zero (magnitude, exact counts).
         evaluate: ``model -> float`` (higher is better) instead of top-1 accuracy on ``dataloader``.
         max_batches: evaluate on the first ``max_batches`` batches only (faster, noisier).
-        include, exclude, types: layer selection, as for the callbacks (default: Linear/Conv weights).
-        log_dir / writer: write the curves to TensorBoard (a ``SummaryWriter`` or a folder for a new one).
+        include: globs of the layers to analyse, as for the callbacks (default: every layer of ``types``).
+        exclude: globs of layers to leave out.
+        types: layer types to select (``"linear"``, ``"conv"``, ... or classes; default Linear and Conv).
+        log_dir: write the curves to TensorBoard in this folder (a new ``SummaryWriter``).
+        writer: write the curves to this ``SummaryWriter`` instead.
         verbose: one progress line per layer (``rank_zero_info``), for long sweeps.
     """
     values = _check_sparsities(sparsities)

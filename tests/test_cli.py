@@ -153,3 +153,48 @@ def test_the_documented_sensitivity_steps_run_in_order(tmp_path, monkeypatch, ca
     sensitivity.main(sens[1:] + ["--sparsities=[0.5]", "--max_batches=1"])
     assert (tmp_path / "sensitivity.json").is_file()
     assert (tmp_path / "runs" / "sensitivity" / "version_0").is_dir()
+
+
+SELECTION_ARGS = ("include", "exclude", "types")
+# Callbacks whose docstring does not yet document include/exclude/types one by one (issue 17 item 8; the callbacks'
+# owners fix the docstrings). The test fails on a new gap *and* on a fixed one still listed: this can only shrink.
+KNOWN_UNDOCUMENTED = {
+    ("GradualMagnitudePruning", "include"), ("GradualMagnitudePruning", "exclude"), ("GradualMagnitudePruning", "types"),
+    ("WeightSharing", "include"), ("WeightSharing", "exclude"), ("WeightSharing", "types"),
+    ("LowRankFactorization", "include"), ("LowRankFactorization", "exclude"), ("LowRankFactorization", "types"),
+    ("ExportCompressed", "include"), ("ExportCompressed", "exclude"),
+    ("CompressionMonitor", "include"), ("CompressionMonitor", "exclude"), ("CompressionMonitor", "types"),
+}
+
+
+def _help_text(name: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        CompressCLI(args=["fit", "--trainer.callbacks.help", name])
+    return capsys.readouterr().out
+
+
+def test_callback_help_describes_each_selection_argument(monkeypatch, capsys):
+    """``lightning-compress fit --trainer.callbacks.help X``: include/exclude/types each have a description."""
+    import re
+
+    monkeypatch.setattr(sys, "argv", ["lightning-compress"])
+    undocumented = set()
+    for name in ("GradualMagnitudePruning", "WeightSharing", "LowRankFactorization", "ExportCompressed",
+                 "CompressionMonitor"):
+        text = _help_text(name, capsys)
+        for arg in SELECTION_ARGS:
+            match = re.search(rf"^  --trainer\.callbacks\.{arg} [^\n]*\n((?:\s{{20,}}[^\n]*\n)+)", text, re.M)
+            if match is None:
+                continue  # the callback has no such argument
+            if match.group(1).strip().startswith("(type:"):
+                undocumented.add((name, arg))
+    assert undocumented <= KNOWN_UNDOCUMENTED, f"new arguments without a help text: {undocumented - KNOWN_UNDOCUMENTED}"
+    assert KNOWN_UNDOCUMENTED <= undocumented, f"documented now, delete from KNOWN_UNDOCUMENTED: " \
+                                               f"{KNOWN_UNDOCUMENTED - undocumented}"
+
+
+def test_the_cli_page_lists_every_registered_model():
+    from lightning_compress.zoo.registry import MODELS
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    assert all(f"`{name}`" in text for name in MODELS), [n for n in MODELS if f"`{n}`" not in text]

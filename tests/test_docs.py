@@ -173,7 +173,7 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tags")
     trainer = tiny_trainer([LowRankFactorization(rank=2, epoch=1, include=["conv", "fc2"]),  # mid-fit: Tucker-2 + SVD
                             GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=1, include=["fc1"]),
-                            WeightSharing(3, start_epoch=2, include=["fc1"]),
+                            WeightSharing("auto", target_bits=3, start_epoch=2, include=["fc1"]),  # + chosen_bits
                             ExportCompressed(tmp_path / "m.lcz", compare_gzip=True),  # gzip is opt-in
                             CompressionMonitor()], max_epochs=3, logger=logger)
     trainer.fit(TinyNet(), loader, loader)
@@ -186,7 +186,6 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     assert events.PluginTagToContent("hparams")
     # a language model adds perplexity (monitor); a tiny TinyGPT fit writes those tags
     import torch
-    from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_compress.zoo import TinyGPT
@@ -194,9 +193,8 @@ def test_tensorboard_tags_on_the_pages_are_the_ones_a_fit_writes(tmp_path):
     tokens = torch.randint(0, 256, (8, 9))
     lm_loader = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=8)
     lm_logger = TensorBoardLogger(tmp_path, name="lm")
-    Trainer(max_epochs=1, logger=lm_logger, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, num_sanity_val_steps=0, callbacks=[CompressionMonitor(print_summary=False)]
-            ).fit(TinyGPT(context=8, d_model=16, n_heads=2, n_layers=1), lm_loader, lm_loader)
+    tiny_trainer([CompressionMonitor(print_summary=False)], max_epochs=1, logger=lm_logger
+                 ).fit(TinyGPT(context=8, d_model=16, n_heads=2, n_layers=1), lm_loader, lm_loader)
     lm_events = EventAccumulator(lm_logger.log_dir, size_guidance={"scalars": 0})
     lm_events.Reload()
     written |= {t for t in lm_events.Tags()["scalars"] if t.startswith("compress/")}
@@ -245,3 +243,24 @@ def test_cli_commands_in_the_docs_parse(monkeypatch, capsys):
                 sensitivity.main(argv + extra)
         out = capsys.readouterr()
         assert exit_info.value.code in (0, None), f"{prog} {' '.join(argv)}:\n{out.err[-2000:]}"
+
+
+def test_nothing_cites_a_design_file_outside_the_repository():
+    """The docs, code, examples and benchmarks stand alone: they cite papers and the project's own files."""
+    roots = [REPO / "README.md", DOCS, REPO / "lightning_compress", REPO / "examples", REPO / "benchmarks"]
+    files = [r for r in roots if r.is_file()] + [p for r in roots if r.is_dir() for p in r.rglob("*")
+                                                 if p.suffix in (".md", ".py", ".yaml", ".yml")]
+    citing = [str(p.relative_to(REPO)) for p in files if "DESIGN.md" in p.read_text(errors="replace")]
+    assert not citing, f"these files cite DESIGN.md, which is not in the repository: {citing}"
+
+
+def test_api_page_names_every_public_name():
+    import lightning_compress
+
+    text = (DOCS / "api.md").read_text()
+    missing = [name for name in lightning_compress.__all__ if name != "__version__" and f"`{name}`" not in text]
+    assert not missing, f"docs/api.md does not name: {missing}"
+    from lightning_compress.zoo import __all__ as zoo
+
+    missing = [name for name in zoo if name.endswith(("DataModule", "GPT", "ResNet")) and f"`{name}`" not in text]
+    assert not missing, f"docs/api.md does not name the zoo's: {missing}"

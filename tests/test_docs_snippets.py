@@ -157,6 +157,8 @@ def test_yaml_block_is_a_config_the_cli_reads(page, index, text, reason, tmp_pat
         pytest.skip(f"not-run: {reason}")
     config = yaml.safe_load(text)
     assert isinstance(config, dict) and "trainer" in config, f"{page} block {index}: not a lightning-compress config"
+    assert {"max_epochs", "max_steps"} & set(config["trainer"] or {}), \
+        f"{page} block {index}: trainer sets neither max_epochs nor max_steps (Lightning would train 1000 epochs)"
     if not ("model" in config and "data" in config) and not page.endswith("cli.md"):
         assert FRAGMENT_HELP in (REPO / page).read_text(), \
             f"{page} shows a config without model/data but does not link to {FRAGMENT_HELP} (what to add)"
@@ -198,3 +200,24 @@ def test_full_yaml_configs_fit(page, index, text, tmp_path, monkeypatch):
 
 def test_there_are_full_configs_to_fit():
     assert FULL, "no full YAML config (model: and data:) on any page"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "export_cli._build passes LightningCLI's '_class_path'/'_instantiator' hyper-parameters to LeNet300100(**kwargs) "
+    "(TypeError: unexpected keyword '_class_path'): drop hparams whose name starts with '_'. Delete this mark then."))
+def test_documented_export_command_reads_the_quickstart_checkpoint(workdir, tmp_path, monkeypatch, capsys):
+    """docs/cli.md's ``lightning-compress-export ... runs/quickstart/checkpoints/last.ckpt`` after the quickstart."""
+    import shlex
+
+    from lightning_compress.export_cli import main
+
+    text = (DOCS / "cli.md").read_text()
+    line = next(ln for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+                for ln in block.splitlines() if ln.startswith("lightning-compress-export "))
+    argv = shlex.split(line)[1:]
+    for entry in workdir.iterdir():
+        (tmp_path / entry.name).symlink_to(entry)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "verified" in capsys.readouterr().out

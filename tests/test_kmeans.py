@@ -478,3 +478,20 @@ def test_weighted_converged_result_is_a_weighted_lloyd_fixed_point(pairs, k, ini
     if not bool((w > 0).any()):
         w = torch.ones_like(w)
     assert_lloyd_fixed_point_weighted(x, w, res, k)
+
+
+def test_float32_midpoints_rounded_down_decide_exactly_like_float64():
+    from lightning_compress.core.kmeans_init import midpoints
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.sort(torch.randn(200, generator=g, dtype=torch.float64))[0]
+    mid64 = (c[:-1] + c[1:]) * 0.5
+    mid32 = midpoints(c, torch.float32)
+    # float32 neighbours of every midpoint: the values where rounding could flip a decision
+    near = mid64.float()
+    v = torch.cat([near, torch.nextafter(near, torch.tensor(-1e9)), torch.nextafter(near, torch.tensor(1e9))])
+    assert torch.equal(v[:, None].double() <= mid64[None, :], v[:, None] <= mid32[None, :])
+    x = torch.cat([v, torch.randn(1000, generator=g)])
+    res = kmeans_1d(x, 7, max_iter=0)  # labels only: nearest of the initial centroids
+    d = (x.double()[:, None] - res.centroids.double()[None, :]).abs()
+    assert torch.equal(res.labels, d.argmin(1))

@@ -310,8 +310,8 @@ def test_constructor_validation(kwargs, message):
 
 
 def test_setup_errors_name_the_layers():
-    cb = GradualMagnitudePruning({"*": 0.5, "conv*": 0.9})
-    with pytest.raises(ValueError, match="conv"):
+    cb = GradualMagnitudePruning({"*": 0.5, "conv*": 0.9})  # a key that matches nothing warns (issue 13 item 5)
+    with pytest.warns(UserWarning, match="final_sparsity key 'conv\\*' matches no selected layer"):
         trainer([cb], max_epochs=1).fit(model(), loader())
     cb = GradualMagnitudePruning(0.5, include=["decoder.*"])
     with pytest.raises(ValueError, match="include pattern 'decoder"):
@@ -517,3 +517,14 @@ def test_steps_that_provably_keep_zeros_skip_remasking_and_a_breach_is_caught():
         trainer([cb, Noise()], max_epochs=3).fit(net, loader())
     assert not cb._skip_proven_steps
     check_final(cb, net, 0.8)  # repaired at the first epoch end, re-masked after every step since
+
+
+def test_an_export_after_a_cut_short_ramp_can_be_refused(tmp_path):
+    from lightning_compress import ExportCompressed
+    from lightning_compress.errors import CompressionConfigError
+
+    cb = GradualMagnitudePruning(0.5, start_epoch=0, end_epoch=2)
+    export = ExportCompressed(tmp_path / "m.lcz", require_complete=True)
+    with pytest.warns(UserWarning), pytest.raises(CompressionConfigError, match=r"GradualMagnitudePruning: fc1\.weight: "):
+        trainer([cb, export], max_epochs=3, max_steps=10).fit(model(), loader())
+    assert not (tmp_path / "m.lcz").exists()

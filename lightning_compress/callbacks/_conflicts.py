@@ -34,7 +34,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_compress.callbacks._claims import Claim, Describes
-from lightning_compress.callbacks._interim_claims import interim_claim
 from lightning_compress.validation import fail
 
 #: A claim with the words that name its callback in messages, e.g. ``"WeightSharing (callback 2 in trainer.callbacks)"``.
@@ -125,29 +124,17 @@ def mixed_unit_conflict(claims: Sequence[Labeled], steps_per_epoch: float) -> st
 
 
 # ------------------------------------------------------------------------------------------------ Trainer entry points
-def _describe(cb: Any, trainer: Any, pl_module: Any) -> Claim | None:
-    if isinstance(cb, Describes):
-        return cb.describe(trainer, pl_module)
-    return interim_claim(cb, pl_module)
-
-
 def _describers(trainer: Any) -> list[tuple[int, Any]]:
-    """``(1-based position, callback)`` of the compression callbacks in ``trainer.callbacks``."""
-    return [(i, cb) for i, cb in enumerate(trainer.callbacks, start=1)
-            if isinstance(cb, Describes) or _looks_compressing(cb)]
-
-
-def _looks_compressing(cb: Any) -> bool:  # TEMPORARY, with _interim_claims
-    return any(hasattr(cb, a) for a in ("codebooks", "plan")) and hasattr(cb, "include")
+    """``(1-based position, callback)`` of the callbacks in ``trainer.callbacks`` that describe themselves."""
+    return [(i, cb) for i, cb in enumerate(trainer.callbacks, start=1) if isinstance(cb, Describes)]
 
 
 def labeled_claims(trainer: Any, pl_module: Any) -> list[Labeled]:
-    """Every compression callback's claim for this fit, with the words that name it."""
+    """Every describing callback's claim for this fit, with the words that name it."""
     out = []
     for position, cb in _describers(trainer):
-        claim = _describe(cb, trainer, pl_module)
-        if claim is not None:
-            out.append((callback_label(claim.owner, position), claim))
+        claim = cb.describe(trainer, pl_module)
+        out.append((callback_label(claim.owner, position), claim))
     return out
 
 

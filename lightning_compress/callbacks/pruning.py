@@ -47,6 +47,7 @@ from lightning_compress.callbacks._claims import Claim
 from lightning_compress.callbacks._conflicts import check_compression_callbacks
 from lightning_compress.callbacks._logging import log_scalars, log_text, tag
 from lightning_compress.callbacks._plumbing import DeferredState, StepHook, unwrap_optimizer
+from lightning_compress.callbacks._pruning_state import packed_masks, restored_masks
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.core import masks as mask_ops
 from lightning_compress.core.mask_rules import choose_rule
@@ -244,7 +245,7 @@ class GradualMagnitudePruning(Callback):
         # before Lightning's gradient clipping: pruned weights take no part in the norm nor in the update
         for param, mask in self._held:
             if param.grad is not None:
-                param.grad.mul_(mask)
+                mask_ops.multiply_by_mask_(param.grad, mask)
         self._grads_masked.add(id(unwrap_optimizer(optimizer)))
 
     @override
@@ -279,8 +280,7 @@ class GradualMagnitudePruning(Callback):
     def state_dict(self) -> dict[str, Any]:
         # bit-packed: 1/8 byte per weight in the checkpoint (the live masks are bool, 1 byte per weight)
         return {
-            "masks": {name: mask_ops.pack_mask(m) for name, m in self.masks.items()},
-            "mask_shapes": {name: list(m.shape) for name, m in self.masks.items()},
+            **packed_masks(_OWNER, self.masks),
             "last_point": self.last_point,
             "current_target": dict(self.current_target),
             "levels": dict(self._levels),
@@ -348,21 +348,7 @@ class GradualMagnitudePruning(Callback):
 
     # ---------------------------------------------------------------- masks
     def _restore(self, state: dict[str, Any]) -> None:
-        saved, shapes = state.get("masks", {}), state.get("mask_shapes", {})
-        missing = [t.name for t in self.targets if t.name not in saved]
-        if missing:
-            fail(_OWNER, f"the checkpoint has no masks for {missing}; was it made with other layers?")
-        for t in self.targets:
-            mask = saved[t.name]
-            shape = tuple(mask.shape) if mask.dtype == torch.bool else tuple(shapes.get(t.name, ()))
-            if shape != tuple(t.param.shape):
-                fail(_OWNER, f"checkpoint mask for {t.name} has shape {shape}, the layer {tuple(t.param.shape)}")
-            if mask.dtype != torch.bool:  # bit-packed (older checkpoints hold bool masks)
-                try:
-                    mask = mask_ops.unpack_mask(mask, shape)
-                except ValueError as err:
-                    fail(_OWNER, f"checkpoint mask for {t.name}: {err}")
-            self.masks[t.name] = mask.to(device=t.param.device, dtype=torch.bool)
+        self.masks.update(restored_masks(_OWNER, state, self.targets))
         self.last_point = state.get("last_point")
         self.current_target = dict(state.get("current_target", {}))
         self._levels = dict(state.get("levels", self.current_target))
@@ -471,7 +457,7 @@ class GradualMagnitudePruning(Callback):
             held = self._held_by_optimizer[id(optimizer)] = [(p, m) for p, m in self._held if id(p) in owned]
         with torch.no_grad():
             for param, mask in held:
-                param.mul_(mask).add_(0.0)  # + 0.0 turns the -0.0 of (negative x 0) into +0.0
+                mask_ops.multiply_by_mask_(param.data, mask, positive_zero=True)  # never -0.0
 
     # ---------------------------------------------------------------- what is logged
     def _achieved(self) -> tuple[float, dict[str, float]]:

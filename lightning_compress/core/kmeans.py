@@ -39,6 +39,7 @@ from lightning_compress.core.kmeans_init import (
     Init,
     cell_bounds,
     init_sorted,
+    midpoints,
     prefix_sum,
     sort_pairs,
     sort_values,
@@ -98,16 +99,24 @@ def _check_weights(weights: torch.Tensor | None, flat: torch.Tensor) -> torch.Te
 class _Cells:
     """Sorted data, optional weights, and the prefix sums that give any cell's weight and weighted sum.
 
+    ``x`` stays in its own dtype (float32 or float64; no float64 copy of a float32 layer); sums are float64.
     ``w is None`` means unit weights (the weight of a cell is its size, no extra arrays). ``exact=True``
     sums inside each cell instead of differencing prefix sums (O(n) instead of O(k)).
     """
 
-    def __init__(self, x64: torch.Tensor, w64: torch.Tensor | None):
-        self.x, self.w = x64, w64
-        self.wx = x64 if w64 is None else w64 * x64
+    def __init__(self, xs: torch.Tensor, w64: torch.Tensor | None):
+        self.x, self.w = xs, w64
         self.sw = None if w64 is None else prefix_sum(w64)
-        self.swx = prefix_sum(self.wx)
-        self.swx2 = prefix_sum(self.wx * x64)
+        if w64 is None:
+            self.swx = xs.new_zeros(xs.numel() + 1, dtype=torch.float64)
+            torch.cumsum(xs, 0, dtype=torch.float64, out=self.swx[1:])
+        else:
+            self.swx = prefix_sum(xs.to(torch.float64, copy=True).mul_(w64))
+        self.sq = _chunked(lambda a, b: float(self._wx(a, b).mul_(xs[a:b]).sum()), xs.numel())  # sum w x^2
+
+    def _wx(self, a: int = 0, b: int | None = None) -> torch.Tensor:
+        x = self.x[a:b].to(torch.float64, copy=True)  # a copy: callers multiply in place
+        return x if self.w is None else x.mul_(self.w[a:b])
 
     def total_weight(self) -> float:
         return float(self.x.numel()) if self.sw is None else float(self.sw[-1])
@@ -119,15 +128,15 @@ class _Cells:
             weight = (hi - lo).double()
         else:
             weight = _segment_sums(self.w, bounds) if exact else self.sw[hi] - self.sw[lo]
-        wsum = _segment_sums(self.wx, bounds) if exact else self.swx[hi] - self.swx[lo]
+        wsum = _segment_sums(self.x if self.w is None else self._wx(), bounds) if exact else self.swx[hi] - self.swx[lo]
         return weight, wsum
 
     def inertia(self, c: torch.Tensor, bounds: torch.Tensor) -> float:
-        """sum over cells of S2 - 2 c S1 + c^2 W from prefix sums (float64, no pass over the data)."""
+        """sum w (x - c)^2 = sum w x^2 - 2 sum_j c_j S_j + sum_j c_j^2 W_j (float64, no pass over the data)."""
         lo, hi = bounds[:-1], bounds[1:]
         weight = (hi - lo).double() if self.sw is None else self.sw[hi] - self.sw[lo]
-        total = (self.swx2[hi] - self.swx2[lo]) - 2 * c * (self.swx[hi] - self.swx[lo]) + c * c * weight
-        return float(total.sum().clamp_min(0))
+        wsum = self.swx[hi] - self.swx[lo]
+        return max(0.0, self.sq - float((2 * c * wsum - c * c * weight).sum()))
 
     def relocate(self, c: torch.Tensor, bounds: torch.Tensor, weight: torch.Tensor, wsum: torch.Tensor) -> None:
         """Give each empty (zero-weight) cluster one of the points that cost most where they are (in place).
@@ -141,14 +150,20 @@ class _Cells:
         picks, owners = _farthest_ends(self.x, c, bounds, empty.numel()) if self.w is None else self._costliest(
             c, bounds, empty.numel()
         )
-        wp = torch.ones_like(self.x[picks]) if self.w is None else self.w[picks]
-        _move_points(self.x[picks], wp, owners, empty[: picks.numel()], weight, wsum)
+        xp = self.x[picks].double()
+        wp = torch.ones_like(xp) if self.w is None else self.w[picks]
+        _move_points(xp, wp, owners, empty[: picks.numel()], weight, wsum)
 
     def _costliest(self, c: torch.Tensor, bounds: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         owner = torch.repeat_interleave(torch.arange(c.numel(), device=c.device), bounds[1:] - bounds[:-1])
-        cost = self.w * (self.x - c[owner]) ** 2
+        cost = self.w * (self.x.double() - c[owner]) ** 2
         picks = torch.topk(cost, min(m, int((cost > 0).sum()))).indices
         return picks, owner[picks]
+
+
+def _chunked(fn, n: int, size: int = 1 << 22) -> float:
+    """``sum(fn(a, b))`` over chunks [a, b) of [0, n): float64 work without an n-sized temporary."""
+    return sum(fn(a, min(a + size, n)) for a in range(0, n, size))
 
 
 def _farthest_ends(x64: torch.Tensor, c: torch.Tensor, bounds: torch.Tensor, m: int):
@@ -163,7 +178,7 @@ def _farthest_ends(x64: torch.Tensor, c: torch.Tensor, bounds: torch.Tensor, m: 
     owner = cells[:, None].expand_as(cand)
     cand, first = _unique_with_first(cand.reshape(-1))
     owner = owner.reshape(-1)[first]
-    dist = (x64[cand] - c[owner]) ** 2
+    dist = (x64[cand].double() - c[owner]) ** 2
     order = torch.argsort(dist, descending=True, stable=True)[:m]
     return cand[order], owner[order]
 
@@ -226,8 +241,7 @@ def kmeans_1d(
 
     distinct = torch.unique_consecutive(xs if ws is None else xs[ws > 0])
     if distinct.numel() <= k:  # every distinct (weighted) value its own centroid: zero inertia, optimal
-        c = distinct.double()
-        labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
+        labels = _labels(flat, distinct.double())
         return KMeansResult(distinct.to(out_dtype), labels, 0.0, 0, True)
 
     if isinstance(init, torch.Tensor):
@@ -237,17 +251,24 @@ def kmeans_1d(
     else:
         c = init_sorted(xs, k, init, seed, ws).to(xs.device)
 
-    cells = _Cells(xs.double(), None if ws is None else ws.double())
+    cells = _Cells(xs if xs.dtype in (torch.float32, torch.float64) else xs.double(), None if ws is None else ws.double())
     del xs, ws
     total = cells.total_weight()
     mean = float(cells.swx[-1]) / total
-    tol_abs = tol * max(0.0, float(cells.swx2[-1]) / total - mean * mean) if tol > 0 else 0.0  # tol * variance
+    tol_abs = tol * max(0.0, cells.sq / total - mean * mean) if tol > 0 else 0.0  # tol * variance
     c, n_iter, converged = _lloyd(cells, c, max_iter, tol_abs)
     c, bounds = _drop_empty(cells, c)
-    labels = torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
+    labels = _labels(flat, c)
     inertia = cells.inertia(c, bounds)
     out, labels = _cast_distinct(c, labels, out_dtype)
     return KMeansResult(out, labels, inertia, n_iter, converged)
+
+
+def _labels(flat: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest of the sorted centroids ``c`` for every value (ties to the lower one)."""
+    if flat.dtype in (torch.float32, torch.float64):
+        return torch.searchsorted(midpoints(c, flat.dtype), flat, right=False)
+    return torch.searchsorted((c[:-1] + c[1:]) * 0.5, flat.double(), right=False)
 
 
 def _segment_sums(values: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
@@ -258,11 +279,11 @@ def _segment_sums(values: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     """
     lo, hi = bounds[:-1], bounds[1:]
     nonempty = hi > lo
-    out = values.new_zeros(lo.numel())
-    if values.device.type == "cpu":  # the non-empty cells tile [0, n): one reduceat pass
-        out[nonempty] = torch.from_numpy(np.add.reduceat(values.numpy(), lo[nonempty].numpy()))
+    out = torch.zeros(lo.numel(), dtype=torch.float64, device=values.device)
+    if values.device.type == "cpu":  # the non-empty cells tile [0, n): one reduceat pass, float64 sums
+        out[nonempty] = torch.from_numpy(np.add.reduceat(values.numpy(), lo[nonempty].numpy(), dtype=np.float64))
     else:
-        out[nonempty] = torch.segment_reduce(values, "sum", lengths=(hi - lo)[nonempty])
+        out[nonempty] = torch.segment_reduce(values.double(), "sum", lengths=(hi - lo)[nonempty])
     return out
 
 
@@ -295,7 +316,7 @@ def _lloyd(cells: _Cells, c: torch.Tensor, max_iter: int, tol_abs: float):
             cells.relocate(c, bounds, weight, wsum)
         means = wsum / torch.where(weight > 0, weight, torch.ones_like(weight))
         # a cell's mean lies within its data range; clamping there removes rounding that would cross it
-        inside = torch.minimum(torch.maximum(means, x64[lo.clamp_max(n - 1)]), x64[(hi - 1).clamp_min(0)])
+        inside = torch.minimum(torch.maximum(means, x64[lo.clamp_max(n - 1)].double()), x64[(hi - 1).clamp_min(0)].double())
         new_c = torch.where(weight > 0, torch.where(filled, inside, means), c)
         shift = float(((new_c - c) ** 2).sum())
         c = torch.sort(new_c)[0]

@@ -60,9 +60,22 @@ def generator(seed: int | None) -> torch.Generator:
     return g
 
 
-def cell_bounds(xs: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Start/end offsets in sorted float64 ``xs`` of each centroid's cell: ``bounds[j]:bounds[j+1]``."""
+def midpoints(centroids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Midpoints between neighbouring float64 centroids, in the data's ``dtype``, rounded *down*.
+
+    For data of that dtype, ``v <= mid`` exactly when ``v <= rounded-down mid`` (no representable value lies
+    strictly between them), so cells and labels come out as in float64 without a float64 copy of the data.
+    """
     mid = (centroids[:-1] + centroids[1:]) * 0.5
+    if dtype == torch.float64:
+        return mid
+    low = mid.to(dtype)
+    return torch.where(low.double() > mid, torch.nextafter(low, low.new_tensor(float("-inf"))), low)
+
+
+def cell_bounds(xs: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Start/end offsets in sorted ``xs`` (float32 or float64) of each centroid's cell: ``bounds[j]:bounds[j+1]``."""
+    mid = midpoints(centroids, xs.dtype)
     if xs.device.type == "cpu":  # k queries: NumPy's searchsorted has ~100x less per-call overhead on CPU
         inner = torch.from_numpy(np.searchsorted(xs.numpy(), mid.numpy(), side="right"))
     else:
@@ -145,4 +158,6 @@ def init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None, ws: torch
     return torch.sort(c)[0]
 
 
-__all__ = ["INITS", "Init", "cell_bounds", "generator", "init_sorted", "prefix_sum", "sort_pairs", "sort_values"]
+__all__ = [
+    "INITS", "Init", "cell_bounds", "generator", "init_sorted", "midpoints", "prefix_sum", "sort_pairs", "sort_values",
+]

@@ -56,34 +56,13 @@ def _scores(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().abs().float()
 
 
-def _prune_ties(score: torch.Tensor, alive: torch.Tensor, value: float, count: int) -> torch.Tensor:
-    """Bool mask of the first ``count`` alive entries equal to ``value``, in flat (row-major) order."""
-    out = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
-    if count <= 0:
-        return out
-    flat = torch.nonzero(((score == value) & alive).reshape(-1)).view(-1)
-    out.view(-1)[flat[:count]] = True
-    return out
-
-
 def magnitude_mask(weight: torch.Tensor, sparsity: float, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Layer-wise magnitude mask with exactly ``round(sparsity * numel)`` pruned entries.
 
-    If the current mask already prunes more than that, it is returned unchanged (never revive).
+    If the current mask already prunes more than that, it is returned unchanged (never revive). The global
+    rule over one layer: the same histogram select (no sort, no copy of the layer), ties in flat order.
     """
-    mask = _check_mask(weight, mask)
-    k = num_to_prune(weight.numel(), sparsity)
-    already = weight.numel() - int(mask.sum())
-    need = k - already
-    if need <= 0:
-        return mask.clone()
-    score = _scores(weight)
-    alive_scores = score[mask]
-    # need-th smallest alive score: everything strictly below goes, ties fill the rest in flat order.
-    value = float(torch.kthvalue(alive_scores, need).values)
-    below = (score < value) & mask
-    prune = below | _prune_ties(score, mask, value, need - int(below.sum()))
-    return mask & ~prune
+    return global_magnitude_masks([weight], sparsity, [_check_mask(weight, mask)])[0]
 
 
 #: Entries per chunk of the global threshold's passes: its scratch memory is a few of these, never a layer.
@@ -240,10 +219,36 @@ def apply_mask_(weight: torch.Tensor, mask: torch.Tensor, as_uint8: torch.Tensor
         finite = as_uint8 is not None and weight.is_floating_point() and weight.numel() > 0 and all(
             math.isfinite(v) for v in map(float, torch.aminmax(weight.detach())))
         if finite:
-            weight.mul_(as_uint8).add_(0.0)
+            multiply_by_mask_(weight, as_uint8, positive_zero=True)
         else:
             weight.masked_fill_(~mask.bool(), 0)
     return weight
+
+
+#: Entries per piece of :func:`multiply_by_mask_`: the float copy of a piece of mask stays in cache.
+_MULTIPLY_CHUNK = 1 << 16
+
+
+def multiply_by_mask_(tensor: torch.Tensor, mask_u8: torch.Tensor, positive_zero: bool = False) -> torch.Tensor:
+    """``tensor *= mask`` in place (``mask_u8``: the mask's ``uint8`` view), piece by piece.
+
+    PyTorch multiplies ``float * uint8`` (or ``* bool``) element by element through a dtype-promoting path that
+    is several times slower than ``float * float``; converting a cache-sized piece of the mask to the tensor's
+    dtype first keeps the 1-byte mask (no 4-byte copy held) and the fast kernel. ``positive_zero`` adds ``0.0``
+    in the same pass, turning the ``-0.0`` of a negative weight times 0 into ``+0.0``.
+    """
+    if not (tensor.is_contiguous() and mask_u8.is_contiguous()):  # e.g. channels_last: let torch pair them up
+        with torch.no_grad():
+            tensor.mul_(mask_u8)
+            return tensor.add_(0.0) if positive_zero else tensor
+    flat, flat_mask = tensor.view(-1), mask_u8.view(-1)
+    with torch.no_grad():
+        for start in range(0, flat.numel(), _MULTIPLY_CHUNK):
+            part = flat[start:start + _MULTIPLY_CHUNK]
+            part.mul_(flat_mask[start:start + _MULTIPLY_CHUNK].to(part.dtype))
+            if positive_zero:
+                part.add_(0.0)
+    return tensor
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -269,6 +274,7 @@ __all__ = [
     "apply_mask_",
     "global_magnitude_masks",
     "magnitude_mask",
+    "multiply_by_mask_",
     "nm_mask",
     "num_to_prune",
     "pack_mask",
