@@ -29,17 +29,14 @@ Results: ``benchmarks/results/kmeans_scale[_quick].json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
+from _common import meta, parser, result_path, write_json
 
 
 def _rss_kib(field: str) -> int:
@@ -76,7 +73,6 @@ def _run_ours(rows: int, cols: int, k: int, granularity: str, tol: float) -> dic
 
 
 def _run_sklearn(rows: int, cols: int, k: int, granularity: str, tol: float, sk_values: int, sk_rows: int) -> dict:
-    import numpy as np
     from sklearn.cluster import KMeans
 
     from lightning_compress.core.kmeans import init_centroids
@@ -100,7 +96,8 @@ def _run_sklearn(rows: int, cols: int, k: int, granularity: str, tol: float, sk_
     scale = rows * cols / measured
     return {"seconds": seconds * scale, "seconds_measured": seconds, "extrapolated_x": scale,
             "peak_mib": peak / 1024, "inertia": inertia * scale if granularity == "channel" else None,
-            "values": rows * cols, "measured_values": measured, "threads": int(np.__config__ and os.cpu_count() or 0)}
+            "values": rows * cols, "measured_values": measured,
+            "threads": os.cpu_count()}  # scikit-learn's OpenMP uses every core by default
 
 
 def torch_perm(n: int, m: int):
@@ -177,8 +174,7 @@ def measure(fn, *args) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1M weights (1024 x 1024)")
+    ap = parser(__doc__, quick_help="1M weights (1024 x 1024)")
     ap.add_argument("--rows", type=int, default=8192)
     ap.add_argument("--cols", type=int, default=12288)
     ap.add_argument("--k", type=int, default=16)
@@ -186,13 +182,14 @@ def main(argv=None) -> None:
     ap.add_argument("--sk-values", type=int, default=2_000_000, help="scikit-learn per-tensor subsample")
     ap.add_argument("--sk-rows", type=int, default=64, help="scikit-learn per-channel rows measured")
     ap.add_argument("--coreai-path", default=None, help="directory holding coreai-opt (pip install --target)")
-    ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: ours sklearn coreai")
+    ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: ours sklearn coreai (their rows of the "
+                    "previous run are kept)")
+    ap.add_argument("--granularities", nargs="+", default=["tensor", "channel"])
     args = ap.parse_args(argv)
     rows, cols = (1024, 1024) if args.quick else (args.rows, args.cols)
     sk_values = min(args.sk_values, rows * cols // 4) if args.quick else args.sk_values
-    sys.path.insert(0, str(ROOT))
     table = []
-    for gran in ("tensor", "channel"):
+    for gran in args.granularities:
         jobs = [("ours", _run_ours, (rows, cols, args.k, gran, args.tol)),
                 ("sklearn", _run_sklearn, (rows, cols, args.k, gran, args.tol, sk_values, args.sk_rows))]
         if args.coreai_path:
@@ -203,16 +200,20 @@ def main(argv=None) -> None:
             row = {"method": name, "granularity": gran, **measure(fn, *fargs)}
             table.append(row)
             print(json.dumps(row), flush=True)
+    path = result_path(args, "kmeans_scale")
+    if args.skip and path.exists():  # keep the skipped methods' rows of the previous run (same sizes)
+        old = json.loads(path.read_text())
+        if (old["rows"], old["cols"], old["k"]) == (rows, cols, args.k):
+            kept = [r for r in old["table"] if r["method"].split("-")[0] in args.skip
+                    or r["granularity"] not in args.granularities]
+            table = sorted(kept + table, key=lambda r: (r["granularity"] != "tensor", r["method"]))
     ours = {r["granularity"]: r for r in table if r["method"] == "ours" and "error" not in r}
     for r in table:
         if r.get("inertia") is not None and r["granularity"] in ours:
             r["inertia_vs_ours"] = r["inertia"] / ours[r["granularity"]]["inertia"]
     payload = {"rows": rows, "cols": cols, "k": args.k, "tol": args.tol, "table": table,
-               "env": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "threads": int(os.environ.get("BENCH_THREADS", "1"))}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"kmeans_scale{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(payload, indent=2))
+               "meta": meta(args, bench_threads=int(os.environ.get("BENCH_THREADS", "1")))}
+    write_json(path, payload)
     print(f"\n{rows} x {cols} = {rows * cols:,} weights, k = {args.k}")
     print("| method | granularity | time (s) | peak extra memory (MiB) | inertia vs ours | note |")
     print("|---|---|---|---|---|---|")

@@ -7,8 +7,8 @@ with ``--threads`` torch threads (default 1), on float32 weights drawn from N(0,
 
 * ``mask_layer`` / ``mask_global``: one mask update at 50% sparsity over every layer, layer-wise
   (``core.mask_rules.LayerMagnitude``) and with one global threshold (``GlobalMagnitude``);
-* ``kmeans_tensor`` / ``kmeans_channel``: 4-bit k-means of the first layer, as one codebook
-  (``core.sharing.cluster_weight``) and one codebook per output row (``core.kmeans.kmeans_1d`` per row);
+* ``kmeans_tensor`` / ``kmeans_channel``: 4-bit k-means of the first layer, as one codebook and as one codebook
+  per output row (``core.sharing.cluster_weight``, ``granularity="tensor"`` / ``"channel"``);
 * ``step_dense`` / ``step_pruning``: the median time of a Lightning training step (batch 8, SGD) without
   callbacks and with ``GradualMagnitudePruning`` holding 50%-sparse masks (its one-shot update is in the
   warm-up and not timed), plus the pruning callback's state bytes per weight (live masks, checkpoint);
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,8 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from _common import ROOT, meta, parser, write_json  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 #: name -> (d, ffn, blocks); weights = blocks * 2 * d * ffn
 SIZES = {
     "q1": (256, 688, 4),
@@ -144,7 +142,6 @@ def _prune_in_place(layers, sparsity: float) -> None:
 def _phase(phase: str, layers, workdir: str) -> dict:
     import torch
 
-    from lightning_compress.core.kmeans import kmeans_1d
     from lightning_compress.core.mask_rules import GlobalMagnitude, LayerMagnitude
     from lightning_compress.core.sharing import cluster_weight
     from lightning_compress.export import load_compressed, save_compressed
@@ -162,9 +159,8 @@ def _phase(phase: str, layers, workdir: str) -> dict:
         return _done(before, {"layer_weights": weights[0].numel(), "centroids": int(shared.centroids.numel())})
     if phase == "kmeans_channel":
         before = _mark()
-        for row in weights[0]:
-            kmeans_1d(row, 2**BITS, max_iter=30)
-        return _done(before, {"layer_weights": weights[0].numel(), "codebooks": weights[0].shape[0]})
+        shared = cluster_weight(weights[0], 2**BITS, max_iter=30, granularity="channel")
+        return _done(before, {"layer_weights": weights[0].numel(), "codebooks": int(shared.centroids.shape[0])})
     if phase in ("step_dense", "step_pruning"):
         before = _mark()
         return _done(before, _steps(layers, pruning=phase == "step_pruning"))
@@ -277,15 +273,14 @@ def markdown(paths: list[Path]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the two small sizes q1, q2 (< 60 s)")
-    parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
-    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--update", action="store_true", help="replace only the measured phases' rows in the JSON")
-    parser.add_argument("--markdown", nargs="+", type=Path, help="print committed result files as a Markdown table")
-    parser.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    ap = parser(__doc__, quick_help="the two small sizes q1, q2, all phases of a size in one process")
+    ap.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
+    ap.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--update", action="store_true", help="replace only the measured phases' rows in the JSON")
+    ap.add_argument("--markdown", nargs="+", type=Path, help="print committed result files as a Markdown table")
+    ap.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
     if args.child:
         child(*args.child, args.threads)
         return
@@ -306,17 +301,16 @@ def main(argv=None) -> None:
     print()
     print(table(rows))
     name = "scale_quick" if args.quick and not args.sizes else "scale_" + "_".join(sizes)
-    out = RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"{name}.json"
     if args.update and out.exists():  # re-measured phases replace their rows; the others are kept
         redone = {(r["size"], r["phase"]) for r in rows}
         rows = [r for r in json.loads(out.read_text())["rows"] if (r["size"], r["phase"]) not in redone] + rows
         rows.sort(key=lambda r: (list(SIZES).index(r["size"]), PHASES.index(r["phase"])))
-    out.write_text(json.dumps({
-        "sizes": {s: dict(zip(("d", "ffn", "blocks"), SIZES[s]), weights=weights_of(s)) for s in sizes},
+    write_json(out, {
+        "meta": meta(args), "sizes": {s: dict(zip(("d", "ffn", "blocks"), SIZES[s]), weights=weights_of(s)) for s in sizes},
         "threads": args.threads, "sparsity": SPARSITY, "export_sparsity": EXPORT_SPARSITY, "bits": BITS,
-        "batch": BATCH, "one_process_per_phase": not args.quick, "rows": rows, "torch": __import__("torch").__version__, "machine": platform.platform(),
-    }, indent=2))
+        "batch": BATCH, "one_process_per_phase": not args.quick, "rows": rows,
+    })
     print(f"wrote {out}")
 
 

@@ -5,9 +5,10 @@
   single-process or under DDP for comparisons. Row counts are odd on purpose: ranks' parts are uneven (17 + 16).
 * :class:`Probe`: records what a callback sees under the strategy (parameter and gradient types, placements,
   post-step hook calls, the order of ``on_fit_start`` and ``load_state_dict``).
-* ``python tests/fsdp_fit.py DIR --strategy fsdp2 [--epochs N] [--resume]`` runs one fit in ``DIR`` (Lightning
-  relaunches the same command for rank 1) and writes ``DIR/rank{r}.pt`` with each rank's view. Tests run it
-  in a subprocess (``run``).
+* ``python tests/fsdp_fit.py DIR --strategy fsdp2 [--epochs N] [--resume] [--kill-at E.B]`` runs one fit with
+  the compression callbacks in ``DIR`` (Lightning relaunches the same command for rank 1) and writes each
+  rank's gathered view (masks, codebooks, weights) per epoch and at the end. Tests run it in a subprocess
+  (``run``).
 """
 
 from __future__ import annotations
@@ -87,15 +88,6 @@ def make_trainer(root: Path, strategy: str, callbacks: list, max_epochs: int = 2
     )
 
 
-def rank_view(model: nn.Module) -> dict:
-    """Each parameter as this rank sees it: placements, local part, whole tensor (gathered)."""
-    from lightning_compress.core import distributed as D
-
-    return {name: {"dtensor": D.is_dtensor(p), "placements": [str(x) for x in getattr(p, "placements", ())],
-                   "local": D.local_tensor(p).clone(), "full": D.full_tensor(p).clone()}
-            for name, p in model.named_parameters()}
-
-
 class Probe(Callback):
     """What a callback sees under the strategy; its state holds a tensor, to test the checkpoint's handling."""
 
@@ -112,8 +104,9 @@ class Probe(Callback):
     def on_fit_start(self, trainer, pl_module):
         self.events.append("on_fit_start")
         w = pl_module.fc1.weight
-        self.facts.update(fit_weight_type=type(w).__name__, placements=[str(p) for p in w.placements],
-                          local_shape=tuple(w.to_local().shape), shape=tuple(w.shape),
+        local = w.to_local() if hasattr(w, "to_local") else w
+        self.facts.update(fit_weight_type=type(w).__name__, placements=[str(p) for p in getattr(w, "placements", ())],
+                          local_shape=tuple(local.shape), shape=tuple(w.shape),
                           optimizer_param_types=sorted({type(p).__name__ for g in trainer.optimizers[0].param_groups
                                                         for p in g["params"]}))
         optimizer = trainer.optimizers[0]
@@ -122,8 +115,9 @@ class Probe(Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if "grad_type" not in self.facts:
             g = pl_module.fc1.weight.grad
-            self.facts.update(grad_type=type(g).__name__, grad_placements=[str(p) for p in g.placements],
-                              grad_local_shape=tuple(g.to_local().shape))
+            local = g.to_local() if hasattr(g, "to_local") else g
+            self.facts.update(grad_type=type(g).__name__, grad_placements=[str(p) for p in getattr(g, "placements", ())],
+                              grad_local_shape=tuple(local.shape))
         self.events.append("step")
 
     def state_dict(self):
@@ -137,18 +131,19 @@ class Probe(Callback):
 PRUNED, SHARED = ("fc1.weight", "fc2.weight"), ("fc1.weight", "fc3.weight")
 SPARSITY, BITS = 0.75, 3
 PRUNE_RULES = {"layer": {}, "global": {"scope": "global"}, "nm": {"structure": "2:4", "final_sparsity": None},
-               "std": {"criterion": "std", "sensitivity": 0.5, "final_sparsity": None, "schedule": {0.5: 1.0, 1.0: 1.0}}}
+               "std": {"criterion": "std", "sensitivity": 0.5, "final_sparsity": None, "schedule": {0.25: 1.0, 0.5: 1.0}}}
 
 
 def compression_callbacks(root: Path, prune: str, epochs: int) -> dict:
-    """Pruning of fc1/fc2 over epochs 0-1 (update every half epoch), sharing of fc1/fc3 at ``epochs - 1``."""
+    """Pruning of fc1/fc2 over epoch 0-0.5 (an update every quarter epoch), sharing of fc1/fc3 at ``epochs - 2``
+    (``FSDP_FIT_ONLY=sharing,export`` keeps only those)."""
     from lightning_compress import CompressionMonitor, ExportCompressed, GradualMagnitudePruning, WeightSharing
 
-    kwargs = {"final_sparsity": SPARSITY, "start_epoch": 0.0, "end_epoch": 1.0, "update_every": 0.5,
+    kwargs = {"final_sparsity": SPARSITY, "start_epoch": 0.0, "end_epoch": 0.5, "update_every": 0.25,
               **PRUNE_RULES[prune]}
     return {
         "pruning": GradualMagnitudePruning(include=["fc1", "fc2"], prog_bar=False, **kwargs),
-        "sharing": WeightSharing(BITS, start_epoch=epochs - 1, include=["fc1", "fc3"], evaluate=False,
+        "sharing": WeightSharing(BITS, start_epoch=max(0, epochs - 2), include=["fc1", "fc3"], evaluate=False,
                                  log_histograms=False),
         "monitor": CompressionMonitor(print_summary=False),
         "export": ExportCompressed(root / "model.lcz", compare_gzip=False),
@@ -170,11 +165,14 @@ def compression_view(model: nn.Module, cbs: dict) -> dict:
 
 
 class Dump(Callback):
-    """Each rank's gathered view at the end of every training epoch; ``kill_at`` ``(epoch, batch)``: SIGKILL
+    """Each rank's gathered view at the start of training and the end of every epoch; ``kill_at`` ``(epoch, batch)``: SIGKILL
     both ranks after that batch's optimizer step (a crash mid-epoch)."""
 
     def __init__(self, root: Path, cbs: dict, kill_at: tuple[int, int] | None = None) -> None:
         self.root, self.cbs, self.kill_at = root, cbs, kill_at
+
+    def on_train_start(self, trainer, pl_module):  # what a resumed rank holds before its first step
+        torch.save(compression_view(pl_module, self.cbs), self.root / f"start_rank{trainer.global_rank}.pt")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.kill_at == (trainer.current_epoch, batch_idx):
@@ -198,7 +196,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--strategy", default="fsdp2", choices=["fsdp2", "ddp", "single"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--compress", default=None, choices=sorted(PRUNE_RULES), help="pruning rule; adds every callback")
+    p.add_argument("--compress", default="layer", choices=sorted(PRUNE_RULES), help="the pruning rule")
     p.add_argument("--kill-at", default=None, help="E.B: SIGKILL after batch B of epoch E")
     return p.parse_args(argv)
 
@@ -207,17 +205,7 @@ def main(argv: list[str]) -> None:
     args = _parse(argv)
     root = Path(args.dir)
     pl.seed_everything(0, workers=True)
-    if args.compress:
-        return compress(args, root)
-    probe = Probe()
-    ckpt = ModelCheckpoint(dirpath=root / "ckpts", save_last=True)
-    trainer = make_trainer(root, args.strategy, [probe, ckpt], max_epochs=args.epochs)
-    model = ShardedNet()
-    trainer.fit(model, DataLoader(dataset(), batch_size=BATCH), ckpt_path="last" if args.resume else None)
-    tag = "resume" if args.resume else "fit"
-    torch.save({"events": probe.events, "post_steps": probe.post_steps, "facts": probe.facts, "loaded": probe.loaded,
-                "view": rank_view(model), "world_size": trainer.world_size},
-               root / f"{tag}_rank{trainer.global_rank}.pt")
+    compress(args, root)
 
 
 def compress(args: argparse.Namespace, root: Path) -> None:
@@ -228,12 +216,19 @@ def compress(args: argparse.Namespace, root: Path) -> None:
         cbs = {k: v for k, v in cbs.items() if k in only.split(",")}
     kill = tuple(int(x) for x in args.kill_at.split(".")) if args.kill_at else None
     ckpt = ModelCheckpoint(dirpath=root / "ckpts", save_last=True, save_top_k=-1)
-    trainer = make_trainer(root, args.strategy, [*cbs.values(), ckpt, Dump(root, cbs, kill)], max_epochs=args.epochs)
+    probe = Probe()
+    trainer = make_trainer(root, args.strategy, [*cbs.values(), ckpt, Dump(root, cbs, kill), probe],
+                           max_epochs=args.epochs)
     model = ShardedNet()
     trainer.fit(model, DataLoader(dataset(), batch_size=BATCH), ckpt_path="last" if args.resume else None)
     view = compression_view(model, cbs)
-    torch.save({**view, "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size},
+    torch.save({**view, "strategy": type(trainer.strategy).__name__, "world_size": trainer.world_size,
+                "probe": {"events": probe.events, "post_steps": probe.post_steps, "facts": probe.facts,
+                          "loaded": probe.loaded}},
                root / f"final_rank{trainer.global_rank}.pt")
+    if torch.distributed.is_initialized():  # an orderly exit: a rank leaving while gloo threads run may abort
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def run(dir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -44,10 +44,30 @@ def spawn(fn: Callable, *args: Any, world_size: int = 2) -> list:
         return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
 
 
+#: Test modules whose ``_checks(rank, world_size)`` run together in one spawned group (start-up is the cost).
+CHECK_MODULES = ("test_fsdp_distributed", "test_fsdp_masks", "test_fsdp_sharing")
+_results: dict[str, list] = {}
+
+
+def _all_checks(rank: int, world: int) -> dict:
+    import importlib
+
+    return {name: importlib.import_module(name)._checks(rank, world) for name in CHECK_MODULES}
+
+
+def spawned_checks(module: str) -> list:
+    """Each rank's ``module._checks`` result; the first call runs every module's checks in one 2-process group."""
+    if not _results:
+        for rank, result in enumerate(spawn(_all_checks)):
+            for name, value in result.items():
+                _results.setdefault(name, [None] * 2)[rank] = value
+    return _results[module]
+
+
 def cpu_mesh(world_size: int):
     from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh("cpu", (world_size,))
 
 
-__all__ = ["cpu_mesh", "free_port", "spawn"]
+__all__ = ["cpu_mesh", "free_port", "spawn", "spawned_checks"]

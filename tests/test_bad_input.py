@@ -297,6 +297,15 @@ def _f(**kw):
     return lambda tmp: LowRankFactorization(**kw)
 
 
+def _t(**kw):
+    def run(tmp):
+        from lightning_compress import share_weights
+
+        return share_weights(TinyNet(), **kw)
+
+    return run
+
+
 CASES = [
     # -- GradualMagnitudePruning arguments
     Case("P01", "final_sparsity above 1", _g(final_sparsity=1.5), ValueError, "final_sparsity must be a finite number >= 0 and <= 1", "init"),
@@ -440,6 +449,16 @@ CASES = [
          lambda tmp: _cli(tmp, SHARING_YAML.format("bits: 20")), ValueError, "bits must be an int >= 1 and <= 16", "parse"),
     Case("Y05", "schedule mapping with a key that is not a number in YAML",
          lambda tmp: _cli(tmp, PRUNING_YAML.format("schedule: {late: 0.5}")), ValueError, "schedule keys must be numbers", "parse"),
+    # -- share_weights (post-training) arguments
+    Case("Q01", "share_weights with bits of 0", _t(bits=0), ValueError, "bits must be an int >= 1 and <= 16", "call"),
+    Case("Q02", "share_weights with an unknown granularity", _t(bits=4, granularity="row"), ValueError,
+         "granularity must be one of", "call"),
+    Case("Q03", "share_weights weighting='fisher' without dataloader and loss_fn", _t(bits=4, weighting="fisher"),
+         ValueError, "weighting='fisher' needs dataloader and loss_fn", "call"),
+    Case("Q04", "share_weights bits='auto' without a budget", _t(bits="auto"), ValueError,
+         "bits='auto' needs exactly one budget", "call"),
+    Case("Q05", "share_weights bits='auto' with a budget below 2 bits everywhere", _t(bits="auto", target_bits=0.5),
+         ValueError, "target_bits=0.5 is below the smallest size", "call"),
 ]
 
 

@@ -114,7 +114,7 @@ def _whole_checks(mesh) -> dict:
 
 @pytest.fixture(scope="module")
 def ranks():
-    return FH.spawn(_checks)
+    return FH.spawned_checks("test_fsdp_distributed")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

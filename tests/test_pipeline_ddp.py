@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -123,7 +123,7 @@ def test_exported_file_loads_on_one_process(ddp_run):
 
 
 # ------------------------------------------------------------------------------------------ sharded strategies
-@pytest.mark.parametrize("strategy", [FSDPStrategy(), ModelParallelStrategy()], ids=["fsdp", "model_parallel"])
+@pytest.mark.parametrize("strategy", [FSDPStrategy()], ids=["fsdp"])  # FSDP2: tests/test_fsdp_*.py
 def test_callbacks_refuse_sharded_strategies_in_setup(strategy, tmp_path):
     callbacks = list(H.compression_callbacks(tmp_path).values())
     trainer = SimpleNamespace(strategy=strategy, callbacks=callbacks)  # Lightning builds no FSDP Trainer on CPU

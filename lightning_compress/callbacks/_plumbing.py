@@ -28,13 +28,32 @@ def _post_hooks(optimizer: torch.optim.Optimizer) -> dict:
 
 
 class DeferredState:
-    """A checkpoint's callback state, held from ``load_state_dict`` until the callback can apply it."""
+    """A checkpoint's callback state, held from ``load_state_dict`` until the callback can apply it.
+
+    Strategies that restore after setup (``ModelParallelStrategy``: ``restore_checkpoint_after_setup``)
+    call ``load_state_dict`` *after* ``on_fit_start``; a callback that :meth:`arm`\ s it in ``on_fit_start``
+    gets such late state applied at once.
+    """
 
     def __init__(self) -> None:
         self._state: dict[str, Any] | None = None
+        self._apply: Callable[[dict[str, Any]], None] | None = None
 
     def hold(self, state: dict[str, Any]) -> None:
-        self._state = state
+        if self._apply is not None:  # armed: the fit has started, apply now
+            self._apply(state)
+        else:
+            self._state = state
+
+    def arm(self, apply: Callable[[dict[str, Any]], None]) -> None:
+        """Apply a held state now, and any state that arrives later at once, until :meth:`disarm`."""
+        self._apply = apply
+        state = self.take()
+        if state is not None:
+            apply(state)
+
+    def disarm(self) -> None:
+        self._apply = None
 
     def take(self) -> dict[str, Any] | None:
         """The held state (once), or ``None``."""

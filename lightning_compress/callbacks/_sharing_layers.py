@@ -19,6 +19,7 @@ from torch import nn
 from lightning_compress.callbacks._logging import tag
 from lightning_compress.callbacks._sharing_options import OWNER
 from lightning_compress.core.bits import FLOAT_BITS
+from lightning_compress.core.distributed import Parts, full_like, is_sharded, local_slices, local_tensor, shard_like
 from lightning_compress.core.sharing import Projection, SharedWeight, sharing_rate
 from lightning_compress.core.targets import Target
 from lightning_compress.validation import fail
@@ -45,12 +46,14 @@ class SharedLayer:
     def write_weights(self) -> None:
         """``W = C[assignment]``."""
         with torch.no_grad():
-            self.param.copy_(self.shared.decode().to(self.param.dtype))
+            local_tensor(self.param).copy_(self.shared.decode().to(self.param.dtype))
 
     def representative_zeroed(self) -> torch.Tensor:
         """Whether someone zeroed a cluster's representative (0-dim bool tensor; one read per cluster)."""
         reps = self.shared.used_representatives()
-        return (self.param.detach().reshape(-1).index_select(0, reps) == 0).any()
+        hit = (local_tensor(self.param).reshape(-1).index_select(0, reps) == 0).any()
+        parts = self.shared.parts  # FSDP2: the ranks must agree (absorbing zeros is then collective)
+        return hit if parts is None else torch.tensor(bool(parts.count(int(hit))))
 
     def describe(self) -> str:
         s = self.shared
@@ -60,7 +63,8 @@ class SharedLayer:
     def state(self) -> dict[str, Any]:
         s = self.shared
         return {"bits": self.bits, "centroids": s.centroids.detach().cpu().clone(),
-                "assignment": s.assignment.detach().cpu().clone(), "rows_per_group": s.rows_per_group}
+                "assignment": full_like(s.assignment, self.param).detach().cpu().clone(),  # FSDP2: whole
+                "rows_per_group": s.rows_per_group}
 
     @staticmethod
     def read_state(name: str, entry: Mapping[str, Any], shape: tuple[int, ...]) -> tuple[SharedWeight, int]:
@@ -79,6 +83,16 @@ class SharedLayer:
             fail(OWNER, f"checkpoint codebook of {name!r} is inconsistent: {err}; corrupted checkpoint?")
 
 
+def local_part(shared: SharedWeight, param: torch.Tensor) -> SharedWeight:
+    """``shared`` (whole-tensor codebooks) for this rank: under FSDP2 the assignment rows of the rank's part,
+    with the per-cluster sums of every step summed over the ranks; otherwise ``shared`` on ``param``'s device."""
+    if not is_sharded(param):
+        return shared.to(param.device)
+    local = local_tensor(param)
+    return SharedWeight(shared.centroids.to(local.device), shard_like(shared.assignment, param).to(local.device),
+                        shared.rows_per_group, local_slices(param)[0].start, Parts(param))
+
+
 def projection_for(optimizer: torch.optim.Optimizer, synced: bool) -> Projection:
     """``"representative"`` for an element-wise optimizer whose state is uniform per cluster, else ``"mean"``."""
     return "representative" if synced and type(optimizer) in ELEMENTWISE_OPTIMIZERS else "mean"
@@ -91,7 +105,7 @@ def sync_optimizer_state(optimizer: torch.optim.Optimizer, layers: Iterable[Shar
             state = optimizer.state.get(layer.param)
             for value in (state or {}).values():
                 if torch.is_tensor(value) and value.is_floating_point() and value.shape == layer.param.shape:
-                    layer.shared.average_within_clusters(value)
+                    layer.shared.average_within_clusters(local_tensor(value))
 
 
 def sharing_metrics(layers: Mapping[str, SharedLayer]) -> dict[str, float]:
@@ -119,4 +133,4 @@ def sharing_metrics(layers: Mapping[str, SharedLayer]) -> dict[str, float]:
     return m
 
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "SharedLayer", "projection_for", "sharing_metrics", "sync_optimizer_state"]
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "SharedLayer", "local_part", "projection_for", "sharing_metrics", "sync_optimizer_state"]

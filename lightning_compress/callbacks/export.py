@@ -31,6 +31,7 @@ from typing_extensions import override
 from lightning_compress.callbacks._claims import claims
 from lightning_compress.callbacks._logging import log_scalars, log_text
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
+from lightning_compress.core.distributed import GatheredStateDict, is_sharded
 from lightning_compress.format.api import compressed_names, save_compressed
 from lightning_compress.format.report import CompressionReport, report_scalars
 from lightning_compress.tags import tag
@@ -99,7 +100,7 @@ class ExportCompressed(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded_strategy(trainer, _OWNER)
+        refuse_sharded_strategy(trainer, _OWNER, sharded_ok=True)
         if stage != "fit":
             return
         check_target_path(self.path)
@@ -123,19 +124,26 @@ class ExportCompressed(Callback):
                          + "; ".join(unfinished))
         if unfinished:
             rank_zero_warn(f"ExportCompressed: exporting an unfinished compression: {'; '.join(unfinished)}")
+        # FSDP2: each tensor is gathered when the writer reads it (one layer at a time); a gather is collective,
+        # so the other ranks read the same tensors in the same order (the writer reads each once, in order)
+        state = GatheredStateDict(pl_module.state_dict()) if any(map(is_sharded, pl_module.parameters())) else None
         if trainer.is_global_zero:
             shared = [name for c in described if c.kind == "share" for name in c.layers]
-            self._export(trainer, pl_module, [name for c in described for name in c.layers], shared, unfinished)
+            self._export(trainer, pl_module, [name for c in described for name in c.layers], shared, unfinished, state)
+        elif state is not None:
+            for _ in state.values():
+                pass
         trainer.strategy.barrier("ExportCompressed.on_fit_end")
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, claimed: list[str], shared: list[str],
-                unfinished: list[str]) -> None:
+                unfinished: list[str], state: GatheredStateDict | None = None) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         names = set(pl_module.state_dict())
         self.report = save_compressed(  # shared layers may hold per-channel / per-group codebooks: detect them
             pl_module, self.path, include=self.include, exclude=self.exclude, also=claimed,
-            keep_negative_zero=self.keep_negative_zero, compare_gzip=self.compare_gzip,
+            keep_negative_zero=self.keep_negative_zero, compare_gzip=self.compare_gzip and state is None,
             groups={n: "auto" for n in shared if n in names},
+            state_dict=state,  # gzip of a gathered model would hold it whole: skipped under FSDP2
         )
         self.report.unfinished = list(unfinished)
         rank_zero_info(

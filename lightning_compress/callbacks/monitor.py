@@ -141,7 +141,7 @@ class CompressionMonitor(Callback):
     # -- hooks, in the order a fit calls them ----------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded_strategy(trainer, _OWNER)
+        refuse_sharded_strategy(trainer, _OWNER, sharded_ok=True)
         self.targets(pl_module)  # fail before the first step when the selection is wrong
 
     @override

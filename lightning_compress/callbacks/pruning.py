@@ -49,8 +49,10 @@ from lightning_compress.callbacks._logging import log_scalars, log_text, tag
 from lightning_compress.callbacks._plumbing import DeferredState, StepHook, unwrap_optimizer
 from lightning_compress.callbacks._pruning_state import packed_masks, restored_masks
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
+from lightning_compress.core.distributed import local_tensor, shard_count
 from lightning_compress.core import masks as mask_ops
 from lightning_compress.core.mask_rules import choose_rule
+from lightning_compress.core.sharded_masks import apply_rule, local_masks, non_finite, whole_masks
 from lightning_compress.core.targets import Target, find_targets, per_target_value
 from lightning_compress.schedules.reach import last_progress
 from lightning_compress.schedules.sparsity import SparsitySchedule, make_schedule
@@ -178,7 +180,7 @@ class GradualMagnitudePruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        refuse_sharded_strategy(trainer, _OWNER)
+        refuse_sharded_strategy(trainer, _OWNER, sharded_ok=True)
         check_compression_callbacks(trainer, pl_module, self, stage)
         previous = {t.name: t.param for t in self.targets}
         self.targets = self._find_targets(pl_module)
@@ -210,10 +212,8 @@ class GradualMagnitudePruning(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # restored here, not in on_train_start: resuming from a checkpoint already at max_epochs trains no step
         # and calls no on_train_start, yet the masks must be held (and saved again by trainer.save_checkpoint)
-        state = self._deferred.take()
-        if state is not None:
-            self._restore(state)
-            self._continue_changed_target(self._build_schedule(trainer))
+        self.masks = local_masks(self.masks, {t.name: t.param for t in self.targets})  # FSDP2: this rank's rows
+        self._deferred.arm(lambda state: self._restore(state, self._build_schedule(trainer)))  # (also: state after)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -245,7 +245,7 @@ class GradualMagnitudePruning(Callback):
         # before Lightning's gradient clipping: pruned weights take no part in the norm nor in the update
         for param, mask in self._held:
             if param.grad is not None:
-                mask_ops.multiply_by_mask_(param.grad, mask)
+                mask_ops.multiply_by_mask_(local_tensor(param.grad), mask)
         self._grads_masked.add(id(unwrap_optimizer(optimizer)))
 
     @override
@@ -275,12 +275,14 @@ class GradualMagnitudePruning(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._step_hook.detach(trainer.optimizers)
+        self._deferred.disarm()
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        # bit-packed: 1/8 byte per weight in the checkpoint (the live masks are bool, 1 byte per weight)
+        # bit-packed: 1/8 byte per weight in the checkpoint (live masks: bool); whole layers (FSDP2: rank 0 saves)
+        masks = whole_masks(self.masks, {t.name: t.param for t in self.targets})
         return {
-            **packed_masks(_OWNER, self.masks),
+            **packed_masks(_OWNER, masks),
             "last_point": self.last_point,
             "current_target": dict(self.current_target),
             "levels": dict(self._levels),
@@ -347,11 +349,13 @@ class GradualMagnitudePruning(Callback):
         log_text(trainer, tag("unfinished", "pruning"), text)
 
     # ---------------------------------------------------------------- masks
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.masks.update(restored_masks(_OWNER, state, self.targets))
+    def _restore(self, state: dict[str, Any], sched: SparsitySchedule) -> None:
+        restored = restored_masks(_OWNER, state, self.targets)  # whole layers; FSDP2: each rank keeps its rows
+        self.masks.update(local_masks(restored, {t.name: t.param for t in self.targets}))
         self.last_point = state.get("last_point")
         self.current_target = dict(state.get("current_target", {}))
         self._levels = dict(state.get("levels", self.current_target))
+        self._continue_changed_target(sched)
 
     def _continue_changed_target(self, sched: SparsitySchedule) -> None:
         """Resumed after the ramp ended with another target: prune on to a higher one, refuse a lower one."""
@@ -380,13 +384,12 @@ class GradualMagnitudePruning(Callback):
     def update_masks(self, point: float) -> None:
         """Recompute masks for the schedule's target at ``point`` and zero the newly pruned weights."""
         for t in self.targets:  # NaN has no magnitude: a diverged layer must not be pruned as if it were fine
-            if t.param.numel() and not all(math.isfinite(v) for v in map(float, torch.aminmax(t.param.detach()))):
-                bad = int((~torch.isfinite(t.param)).sum())
+            if bad := non_finite(t.param):
                 raise FloatingPointError(f"{_OWNER}: layer {t.name} has {bad} non-finite weights (NaN/inf) at the "
                                          f"mask update at {self.schedule.unit} {point:g}; training diverged before "
                                          "pruning (lower the learning rate, clip gradients)")
         levels = self._scheduled_levels(self.schedule, point)
-        new, targets = self._rule([t.param for t in self.targets], [self.masks[t.name] for t in self.targets], levels)
+        new, targets = apply_rule(self._rule, [t.param for t in self.targets], [self.masks[t.name] for t in self.targets], levels)
         for t, mask, target, level in zip(self.targets, new, targets, levels):
             self.masks[t.name], self.current_target[t.name], self._levels[t.name] = mask, target, level
         self._apply_all()
@@ -402,7 +405,7 @@ class GradualMagnitudePruning(Callback):
             mask = self.masks[t.name]
             if int(torch.count_nonzero(mask)) < mask.numel():
                 self._held.append((t.param, mask.view(torch.uint8)))
-                mask_ops.apply_mask_(t.param, mask, self._held[-1][1])
+                mask_ops.apply_mask_(local_tensor(t.param), mask, self._held[-1][1])
         self._held_by_optimizer, self._state_zeroed = {}, set()
 
     def _zero_pruned_state(self, optimizers: Sequence[Any]) -> None:
@@ -416,7 +419,7 @@ class GradualMagnitudePruning(Callback):
                 for param, mask in self._held:
                     for value in optimizer.state.get(param, {}).values():
                         if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                            value.mul_(mask)
+                            local_tensor(value).mul_(mask)
             self._state_zeroed.add(id(optimizer))
 
     def _step_kept_zeros(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -432,7 +435,7 @@ class GradualMagnitudePruning(Callback):
     def _check_zeros_held(self) -> None:
         """Once per epoch: a pruned weight that moved (something changed gradients after this callback masked
         them) is zeroed again, said once, and every later step is re-masked."""
-        moved = [p for p, m in self._held if bool(torch.logical_and(p.detach() != 0, m == 0).any())]
+        moved = [p for p, m in self._held if bool(torch.logical_and(local_tensor(p) != 0, m == 0).any())]
         if moved and self._skip_proven_steps:
             rank_zero_warn(f"{_OWNER}: {len(moved)} pruned tensors held non-zero weights at the epoch end (a hook "
                            "changed gradients after this callback masked them?); zeroed again, and re-masked "
@@ -457,13 +460,13 @@ class GradualMagnitudePruning(Callback):
             held = self._held_by_optimizer[id(optimizer)] = [(p, m) for p, m in self._held if id(p) in owned]
         with torch.no_grad():
             for param, mask in held:
-                mask_ops.multiply_by_mask_(param.data, mask, positive_zero=True)  # never -0.0
+                mask_ops.multiply_by_mask_(local_tensor(param), mask, positive_zero=True)  # never -0.0
 
     # ---------------------------------------------------------------- what is logged
     def _achieved(self) -> tuple[float, dict[str, float]]:
         per_layer, zeros, total = {}, 0, 0
         for t in self.targets:
-            z = t.param.numel() - int(torch.count_nonzero(t.param.detach()))
+            z = t.param.numel() - shard_count(int(torch.count_nonzero(local_tensor(t.param))), t.param)
             per_layer[t.name] = z / t.param.numel()
             zeros, total = zeros + z, total + t.param.numel()
         return (zeros / total if total else 0.0), per_layer

@@ -55,10 +55,13 @@ from lightning_compress.callbacks._evaluate import validation_accuracy
 from lightning_compress.callbacks._logging import log_histogram, log_scalars, log_text, tag
 from lightning_compress.callbacks._plumbing import DeferredState, StepHook, unwrap_optimizer
 from lightning_compress.callbacks._sharing_calibration import fisher_importance, training_batches
-from lightning_compress.callbacks._sharing_layers import SharedLayer, projection_for, sharing_metrics, sync_optimizer_state
+from lightning_compress.callbacks._sharing_layers import (
+    SharedLayer, local_part, projection_for, sharing_metrics, sync_optimizer_state,
+)
 from lightning_compress.callbacks._sharing_options import OWNER, SharingOptions
-from lightning_compress.callbacks._strategy import refuse_sharded_strategy
+from lightning_compress.callbacks._strategy import fsdp2_strategy, refuse_sharded_strategy
 from lightning_compress.core.bit_allocation import allocate_bits, budget_for_average, measure_layer
+from lightning_compress.core.distributed import full_tensor, local_tensor, shard_count
 from lightning_compress.core.sharing import SharedWeight, cluster_weight, codebook_size, rows_per_group
 from lightning_compress.core.targets import Target, find_targets, per_target_value
 from lightning_compress.validation import fail
@@ -168,7 +171,10 @@ class WeightSharing(Callback):
     # -- hooks, in the order a fit calls them ----------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        refuse_sharded_strategy(trainer, OWNER)
+        refuse_sharded_strategy(trainer, OWNER, sharded_ok=True)
+        if self.weighting == "fisher" and fsdp2_strategy(trainer.strategy):
+            fail(OWNER, "weighting='fisher' is not supported under ModelParallelStrategy (its calibration "
+                        "backward bypasses FSDP2's gradient reduction); use weighting=None or strategy='ddp'")
         check_compression_callbacks(trainer, pl_module, self, stage)
         self.targets = find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
         current = {t.name: t.param for t in self.targets}
@@ -194,9 +200,7 @@ class WeightSharing(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state = self._deferred.take()
-        if state is not None:
-            self._restore(state)
+        self._deferred.arm(self._restore)  # ModelParallelStrategy restores callbacks after on_fit_start
         self._synced.clear()
         self._hook.attach_all(trainer.optimizers)
 
@@ -233,8 +237,8 @@ class WeightSharing(Callback):
             zeroed = [layer.representative_zeroed() for layer in layers.values()]  # one device sync for all layers
             for layer, hit in zip(layers.values(), _flags(zeroed)):
                 if scan or hit:
-                    layer.shared.absorb_zeros(layer.param)
-            grads = [layer.shared.share_gradient(layer.param.grad, self.reduction) for layer in layers.values()]
+                    layer.shared.absorb_zeros(local_tensor(layer.param))
+            grads = [layer.shared.share_gradient(local_tensor(layer.param.grad), self.reduction) for layer in layers.values()]
         if getattr(trainer.precision_plugin, "scaler", None) is None:  # (a grad scaler skips such steps itself)
             bad = [name for name, ok in zip(layers, _flags([torch.isfinite(g).all() for g in grads])) if not ok]
             if bad:
@@ -258,6 +262,7 @@ class WeightSharing(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._hook.detach(trainer.optimizers)
+        self._deferred.disarm()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -275,10 +280,11 @@ class WeightSharing(Callback):
             return
         by_name = {t.name: t for t in self.targets}
         for name in due:  # all checked before any is clustered, so a failure leaves every layer untouched
-            weight = by_name[name].param.detach()
-            if not bool(torch.isfinite(weight).all()):
+            param = by_name[name].param
+            bad = shard_count(int((~torch.isfinite(local_tensor(param))).sum()), param)
+            if bad:
                 raise FloatingPointError(
-                    f"{OWNER}: layer {name} has {int((~torch.isfinite(weight)).sum())} non-finite weights "
+                    f"{OWNER}: layer {name} has {bad} non-finite weights "
                     f"(NaN/inf) at clustering ({self.schedule.unit} {progress}); k-means cannot place them")
         before = self._accuracy(trainer, pl_module)
         importance = self._importance(trainer, pl_module, [by_name[n] for n in due])
@@ -301,7 +307,7 @@ class WeightSharing(Callback):
         rank_zero_info(f"{OWNER}: clustered {listed} at {self.schedule.unit} {progress}{acc}")
 
     def _cluster(self, trainer: pl.Trainer, target: Target, importance: torch.Tensor | None) -> None:
-        weight = target.param.detach()
+        weight = full_tensor(target.param)  # FSDP2: the whole layer, gathered (one layer at a time)
         if self.log_histograms and bool((weight != 0).any()):
             log_histogram(trainer, tag("sharing", "weights_before", target.name), weight[weight != 0])
         bits = self._bits[target.name]
@@ -318,7 +324,7 @@ class WeightSharing(Callback):
         """Bits per layer (2..8) for an average of ``target_bits`` per kept weight (codebooks included), from
         each layer's importance-weighted quantization error measured at every width (``core.bit_allocation``)."""
         kwargs = dict(init=self.init, seed=self.seed, max_iter=self.max_iter, tol=self.tol)
-        costs = [measure_layer(t.name, t.param.detach(), importance.get(t.name), self.granularity, **kwargs)
+        costs = [measure_layer(t.name, full_tensor(t.param), importance.get(t.name), self.granularity, **kwargs)
                  for t in targets]
         try:
             chosen = allocate_bits(costs, budget_for_average(costs, self.target_bits))
@@ -340,7 +346,7 @@ class WeightSharing(Callback):
 
     def _attach(self, target: Target, bits: int, shared: SharedWeight) -> None:
         """Make ``target`` a shared layer: keep its codebook on the parameter's device and write W = C[I]."""
-        layer = SharedLayer(target, bits, shared.to(target.param.device))
+        layer = SharedLayer(target, bits, local_part(shared, target.param))
         layer.write_weights()
         self._layers[target.name] = layer
 
@@ -380,7 +386,7 @@ class WeightSharing(Callback):
         projection = projection_for(optimizer, synced=id(optimizer) in self._synced)
         for layer in self._layers.values():
             if id(layer.param) in owned:
-                layer.shared.project(layer.param, projection)
+                layer.shared.project(local_tensor(layer.param), projection)
 
     def _pruning_active(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Whether a pruning callback may still zero weights of a shared layer in this epoch (then new zeros are

@@ -50,11 +50,12 @@ def is_sharded(t: Any) -> bool:
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of ``t`` (``t`` itself when not a ``DTensor``).
 
-    The same storage as the parameter: in-place edits of the result (``masked_fill_``, ``copy_``) change the
-    parameter. Detached, so safe to edit under ``torch.no_grad()``.
+    The same storage as ``t``: in-place edits of the result (``masked_fill_``, ``copy_``) change the parameter,
+    its gradient or its optimizer state. Detached, so safe to edit under ``torch.no_grad()``.
     """
     if is_dtensor(t):
-        return t._local_tensor if isinstance(t, torch.nn.Parameter) else t.to_local().detach()
+        local = getattr(t, "_local_tensor", None)  # the storage itself (to_local() may return a view or a copy)
+        return (local if local is not None else t.to_local()).detach()
     return t.detach() if t.requires_grad else t
 
 

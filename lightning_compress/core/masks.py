@@ -28,6 +28,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lightning_compress.core.distributed import Parts
+
 def _keep_all(weight: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(weight, dtype=torch.bool)
 
@@ -90,18 +92,20 @@ def _count(hist: torch.Tensor, values: torch.Tensor, bins: int) -> None:
     hist += torch.bincount(values, minlength=bins).to(hist.device)
 
 
-def _top_histogram(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], dead: int) -> torch.Tensor:
+def _top_histogram(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], dead: int,
+                   parts: Parts) -> torch.Tensor:
     """Counts of alive entries by the top 16 bits of |w|'s pattern (dead ones counted as 0 and taken out)."""
     top = torch.zeros(_TOP_BINS, dtype=torch.int64, device=weights[0].device)
     for w, m in zip(weights, masks):
         for _, bits, alive in _abs_bit_chunks(w, m):
             _count(top, bits.mul_(alive).bitwise_right_shift_(16), _TOP_BINS)
+    top = parts.sum(top)  # FSDP2 parts: every rank's histogram, summed
     top[0] -= dead
     return top
 
 
 def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], rank: int,
-                    top: torch.Tensor) -> tuple[int, int]:
+                    top: torch.Tensor, parts: Parts) -> tuple[int, int]:
     """Bit pattern of the ``rank``-th smallest (1-based) alive |w| over all layers, and how many alive lie below.
 
     ``top`` (:func:`_top_histogram`) says which top-16-bit bin holds the rank; one more pass histograms the low
@@ -115,7 +119,7 @@ def _kth_alive_bits(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tenso
     for w, m in zip(weights, masks):
         for _, bits, alive in _abs_bit_chunks(w, m):
             _count(low, bits[((bits >> 16) == prefix) & alive] & 0xFFFF, _LOW_BINS)
-    cum = torch.cumsum(low, 0)
+    cum = torch.cumsum(parts.sum(low), 0)
     digit = int(torch.searchsorted(cum, torch.tensor(rank - below, device=device)))
     below += int(cum[digit - 1]) if digit else 0
     return (prefix << 16) | digit, below
@@ -127,7 +131,8 @@ def _alive_finite(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
 
 
 def global_magnitude_masks(
-    weights: Sequence[torch.Tensor], sparsity: float, masks: Sequence[torch.Tensor] | None = None
+    weights: Sequence[torch.Tensor], sparsity: float, masks: Sequence[torch.Tensor] | None = None,
+    parts: Parts | None = None,
 ) -> list[torch.Tensor]:
     """One magnitude threshold across all ``weights``: exactly ``round(sparsity * total)`` pruned in all.
 
@@ -135,22 +140,30 @@ def global_magnitude_masks(
     patterns (two passes, chunk by chunk), then a third pass writes the masks. Unlike ``torch.kthvalue`` over
     ``torch.cat`` (or a list of every layer's |w|), it never holds a second copy of the weights: extra memory
     is the new bool masks plus a few chunks of scratch. Ties go in layer order, then flat index.
+
+    ``parts``: ``weights`` and ``masks`` are this rank's parts of FSDP2-sharded layers
+    (:class:`~lightning_compress.core.distributed.Parts`): counts and histograms are summed over the ranks and
+    each rank takes the ties the ranks before it leave, so each gets its part of the one-process masks.
     """
+    parts = parts or Parts()
     masks = [_check_mask(w, m) for w, m in zip(weights, masks or [None] * len(weights))]
-    total = sum(w.numel() for w in weights)
-    alive = sum(int(torch.count_nonzero(m)) for m in masks)
+    total = parts.count(sum(w.numel() for w in weights))
+    alive = parts.count(sum(int(torch.count_nonzero(m)) for m in masks))
     need = num_to_prune(total, sparsity) - (total - alive)
     if need <= 0:
         return [m.clone() for m in masks]
-    top = _top_histogram(weights, masks, total - alive)
+    top = _top_histogram(weights, masks, total - alive, parts)
     if int(top[_INF_TOP:].sum()):  # +inf or NaN somewhere: NaN weights are never pruned
-        need = min(need, _alive_finite(weights, masks))
+        need = min(need, parts.count(_alive_finite(weights, masks)))
         if need <= 0:
             return [m.clone() for m in masks]
-    value, below = _kth_alive_bits(weights, masks, need, top)
+    value, below = _kth_alive_bits(weights, masks, need, top, parts)
     ties = need - below  # alive entries equal to the threshold that go too, in layer then flat order
     out = []
-    for w, m in zip(weights, masks):
+    for i, (w, m) in enumerate(zip(weights, masks)):
+        if parts.sharded:  # this rank's share of the ties: what the ranks before it in this layer leave
+            mine = sum(int(((b == value) & k).sum()) for _, b, k in _abs_bit_chunks(w, m))
+            ties, left_after = max(0, ties - parts.before(mine, i)), max(0, ties - parts.count(mine))
         new = torch.empty_like(m)
         flat_new = new.view(-1)
         for start, bits, keep in _abs_bit_chunks(w, m):
@@ -160,6 +173,8 @@ def global_magnitude_masks(
                 hits = torch.nonzero((bits == value) & keep).view(-1)[:ties]
                 part[hits] = False
                 ties -= hits.numel()
+        if parts.sharded:
+            ties = left_after
         out.append(new)
     return out
 

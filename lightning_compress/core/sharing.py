@@ -32,6 +32,7 @@ from typing import Literal, Union
 import torch
 
 from lightning_compress.core.bits import FLOAT_BITS, index_bits
+from lightning_compress.core.distributed import Parts
 from lightning_compress.core.kmeans import Init, kmeans_1d
 
 Reduction = Literal["sum", "mean"]
@@ -89,6 +90,10 @@ class SharedWeight:
     centroids: torch.Tensor
     assignment: torch.Tensor
     rows_per_group: int | None = None
+    #: FSDP2: ``assignment`` holds rows ``[row_offset, row_offset + rows)`` of the tensor and ``parts``
+    #: (:class:`~lightning_compress.core.distributed.Parts`) sums per-cluster statistics over the ranks.
+    row_offset: int = 0
+    parts: Parts | None = field(default=None, repr=False, compare=False)
     _flat: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
     _counts: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
     _reps: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
@@ -103,7 +108,7 @@ class SharedWeight:
         if self.rows_per_group is None:
             self.rows_per_group = max(1, rows) if self.centroids.shape[0] <= 1 else math.ceil(rows / self.centroids.shape[0])
         expected = math.ceil(rows / self.rows_per_group) if rows else 1
-        if self.centroids.shape[0] != max(1, expected):
+        if self.parts is None and self.centroids.shape[0] != max(1, expected):
             raise ValueError(f"{self.centroids.shape[0]} codebooks for {rows} rows at {self.rows_per_group} rows per group "
                              f"(expected {expected})")
 
@@ -119,7 +124,8 @@ class SharedWeight:
 
     def to(self, device: torch.device | str) -> "SharedWeight":
         """This codebook on ``device`` (a new object; caches rebuilt lazily)."""
-        return SharedWeight(self.centroids.to(device), self.assignment.to(device), self.rows_per_group)
+        return SharedWeight(self.centroids.to(device), self.assignment.to(device), self.rows_per_group,
+                            self.row_offset, self.parts)
 
     # -- cached index structures (built once; rebuilt when the assignment changes) -------------------
     def flat_index(self) -> torch.Tensor:
@@ -128,7 +134,7 @@ class SharedWeight:
             rows = _rows(self.assignment.shape)
             codes = self.assignment.reshape(max(1, rows), -1).to(torch.int64)
             if self.groups > 1:
-                offset = torch.arange(max(1, rows), device=codes.device, dtype=torch.int64) // self.rows_per_group
+                offset = (torch.arange(max(1, rows), device=codes.device, dtype=torch.int64) + self.row_offset) // self.rows_per_group
                 codes = codes + (offset * (self.k + 1)).unsqueeze(1)
             self._flat = codes.reshape(-1)
             self._counts = self._reps = self._used_reps = None
@@ -138,7 +144,8 @@ class SharedWeight:
         """Members per code, ``(G, k + 1)`` int64 (last column: pruned positions)."""
         if self._counts is None or self._flat is None:
             flat = self.flat_index()
-            self._counts = torch.bincount(flat, minlength=self.groups * (self.k + 1)).reshape(self.groups, -1)
+            counts = torch.bincount(flat, minlength=self.groups * (self.k + 1)).reshape(self.groups, -1)
+            self._counts = counts if self.parts is None else self.parts.sum(counts)  # every rank's members
         return self._counts
 
     def representatives(self) -> torch.Tensor:
@@ -188,6 +195,9 @@ class SharedWeight:
             return out
         return decoded
 
+    def _summed(self, sums: torch.Tensor) -> torch.Tensor:
+        return sums if self.parts is None else self.parts.sum(sums.contiguous())
+
     def cluster_sums(self, values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``(G, k)``: the sum of ``values`` (weight-shaped) over each cluster; pruned positions left out."""
         flat = self.flat_index()
@@ -200,7 +210,7 @@ class SharedWeight:
 
     def centroid_gradient(self, grad: torch.Tensor, reduction: Reduction = "sum") -> torch.Tensor:
         """``dL/dC`` ``(G, k)``: the sum (paper) or mean of ``grad`` over each cluster."""
-        g = self.cluster_sums(grad)
+        g = self._summed(self.cluster_sums(grad))
         if reduction == "mean":
             g = g / self.counts()[:, : self.k].clamp_min(1).to(g.dtype)
         elif reduction != "sum":
@@ -215,11 +225,11 @@ class SharedWeight:
 
     def recenter(self, weight: torch.Tensor, projection: Projection = "mean") -> torch.Tensor:
         """New centroids ``(G, k)`` from the current weights: cluster means, or one member per cluster."""
-        if projection == "representative":
+        if projection == "representative" and self.parts is None:  # parts: members spread over ranks, use means
             reps = self.representatives()
             picked = weight.detach().reshape(-1).index_select(0, reps.clamp_min(0).reshape(-1)).reshape(reps.shape)
             return torch.where(reps >= 0, picked.to(self.centroids.dtype), self.centroids)
-        sums = self.cluster_sums(weight.detach(), dtype=torch.float64)
+        sums = self._summed(self.cluster_sums(weight.detach(), dtype=torch.float64))
         counts = self.counts()[:, : self.k]
         means = (sums / counts.clamp_min(1)).to(self.centroids.dtype)
         return torch.where(counts > 0, means, self.centroids)
@@ -239,14 +249,14 @@ class SharedWeight:
         Used on optimizer state (momentum, Adam moments) at clustering: once every member of a cluster has the
         same state, an element-wise optimizer moves all of them identically.
         """
-        sums = self.cluster_sums(values.detach(), dtype=torch.float64)
+        sums = self._summed(self.cluster_sums(values.detach(), dtype=torch.float64))
         means = (sums / self.counts()[:, : self.k].clamp_min(1)).to(values.dtype)
         self.decode(means, out=values)
 
     def absorb_zeros(self, weight: torch.Tensor) -> int:
         """Weights zeroed since clustering (e.g. by a pruning callback) become pruned positions; returns how many."""
         newly = (weight.detach() == 0) & (self.assignment != self.k)
-        count = int(newly.sum())
+        count = int(newly.sum()) if self.parts is None else self.parts.count(int(newly.sum()))
         if count:
             codes = self.assignment.to(torch.int32)
             codes[newly] = self.k

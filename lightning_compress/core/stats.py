@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lightning_compress.core.bits import FLOAT_BITS, MAX_INDEX_BITS, MAX_SHARED_VALUES, index_bits
+from lightning_compress.core.distributed import full_tensor
 from lightning_compress.core.targets import Target, find_targets
 
 
@@ -176,7 +177,7 @@ def model_stats(model: nn.Module, targets: Sequence[Target] | None = None) -> Mo
         except ValueError:
             targets = []
     unique = list({id(t.param): t for t in reversed(list(targets))}.values())[::-1]
-    layers = [layer_stats(t.name, t.param, t.aliases) for t in unique]
+    layers = [layer_stats(t.name, full_tensor(t.param), t.aliases) for t in unique]  # FSDP2: one layer gathered
     counted = {id(t.param) for t in unique}
     other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
     return ModelStats(layers=layers, other_numel=other)

@@ -105,15 +105,16 @@ def save_compressed(
     compare_gzip: bool = False,
     also: Iterable[str] = (),
     groups: Mapping[str, int | str] | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> CompressionReport:
-    """Write ``model.state_dict()`` to ``path`` in the compressed format and return the size report.
+    """Write ``model.state_dict()`` (or ``state_dict``, e.g. gathered from FSDP2 parts) to ``path`` in the compressed format and return the size report.
 
     ``report.file_bytes == os.path.getsize(path)``. Compressed: ``targets``, else the ``include``/``exclude``
     selection (default: ``core.targets.find_targets``), plus the tensors named in ``also`` (what the
     compression callbacks changed). ``compare_gzip`` also measures the gzip'd ``state_dict`` for the report
     (a ``torch.save`` and a gzip pass: off by default, it costs far more than the export itself).
     """
-    state_dict = model.state_dict()
+    state_dict = model.state_dict() if state_dict is None else state_dict
     names = compressed_names(model, include, exclude, targets, also=also)
     data, report = encode_state_dict(state_dict, names, keep_negative_zero=keep_negative_zero, groups=groups)
     path = os.path.expanduser(os.fspath(path))

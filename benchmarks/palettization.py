@@ -1,0 +1,196 @@
+"""Post-training palettization of a trained TinyGPT: granularity x weighting at 3 and 4 bits (issue 18, item 6).
+
+A dense ``zoo.TinyGPT`` (byte level, Debian's fortunes via ``zoo.TextDataModule``) is trained, then copies of it
+are palettized post-training with ``lightning_compress.share_weights`` — per tensor, per output channel and per
+group of 8 and 32 channels, each plain and Fisher-weighted (16 calibration batches of the training split) — and
+with coreai-opt's ``KMeansPalettizer`` (optional, installed outside the environment and passed as
+``--coreai-path``) at the same bits and granularity. For each: validation perplexity (exp of the mean
+per-token cross-entropy on the validation split), clustering wall time, and the real ``.lcz`` file bytes of the
+palettized state dict (``format.api.encode_state_dict``: grouped codebooks stored as format version 2, every
+codebook counted; the tied embedding/LM-head stored once). coreai-opt's palettized weights (its lookup tables
+decoded) go through the same encoder, so its bytes are counted the same way. Selected tensors: every Linear,
+Embedding and attention in-projection matrix (biases and norms stay float32).
+
+Usage::
+
+    python benchmarks/palettization.py --quick     # a short training run, < 60 s of clustering + eval
+    python benchmarks/palettization.py --seeds 0 1 2
+
+Results: ``benchmarks/results/palettization[_quick].json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+import warnings
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
+from torch import nn
+
+import lightning_compress as lc
+from lightning_compress.core.targets import find_targets
+from lightning_compress.format.api import encode_state_dict
+from lightning_compress.zoo import TextDataModule, TinyGPT
+
+TYPE_CHOICES = {"linear": "linear", "embedding": "embedding", "attention": nn.MultiheadAttention}
+TYPES = ["linear", "embedding", nn.MultiheadAttention]  # --types; coreai-opt leaves attention in_proj dense
+GRANULARITIES = ["tensor", "channel", 8, 32]
+
+
+def lm_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, loader, max_batches: int | None) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        logits = model(x)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+        count += y.numel()
+    return math.exp(total / count)
+
+
+def train_dense(seed: int, steps: int, train_limit: int | None, size: dict) -> tuple[TinyGPT, TextDataModule]:
+    pl.seed_everything(seed, workers=True)
+    dm = TextDataModule(batch_size=32, train_limit=train_limit, seed=42, context=size["context"])
+    model = TinyGPT(lr=3e-3, **size)
+    trainer = quiet_trainer(1000, max_steps=steps, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    model.eval()
+    return model, dm
+
+
+def file_bytes(model: nn.Module, grouped: dict[str, int | str]) -> int:
+    """Real .lcz bytes of ``model``'s weights: selected tensors compressed (grouped where given), ties once."""
+    names = [t.name for t in find_targets(model, types=TYPES)]
+    state, seen = {}, set()
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor
+    _, report = encode_state_dict(state, compress=[n for n in names if n in state],
+                                  groups={n: g for n, g in grouped.items() if n in state})
+    return report.file_bytes
+
+
+def run_ours(dense, dm, bits: int, granularity, weighting, eval_batches) -> dict:
+    model = copy.deepcopy(dense)
+    kwargs = {}
+    if weighting:
+        kwargs = {"weighting": "fisher", "dataloader": dm.train_dataloader(), "loss_fn": lm_loss, "calibration_batches": 16}
+    t = time.perf_counter()
+    lc.share_weights(model, bits=bits, granularity=granularity, types=TYPES, **kwargs)
+    seconds = time.perf_counter() - t
+    grouped = {} if granularity == "tensor" else {t.name: "auto" for t in find_targets(model, types=TYPES)}
+    return {"seconds": seconds, "val_ppl": perplexity(model, dm.val_dataloader(), eval_batches),
+            "file_bytes": file_bytes(model, grouped)}
+
+
+def run_coreai(dense, dm, bits: int, granularity, eval_batches, coreai_path: str) -> dict:
+    sys.path.insert(0, coreai_path)
+    warnings.filterwarnings("ignore")
+    from coreai_opt.palettization import KMeansPalettizer, KMeansPalettizerConfig, ModuleKMeansPalettizerConfig
+    from coreai_opt.palettization.spec import PalettizationSpec, PerGroupedChannelGranularity, PerTensorGranularity
+
+    size = 1 if granularity == "channel" else granularity
+    gran = PerTensorGranularity() if granularity == "tensor" else PerGroupedChannelGranularity(axis=0, group_size=size)
+    spec = PalettizationSpec(n_bits=bits, granularity=gran)
+    module_cfg = ModuleKMeansPalettizerConfig(op_input_spec=None, op_output_spec=None, op_state_spec={"weight": spec})
+    model = copy.deepcopy(dense)
+    x = next(iter(dm.val_dataloader()))[0][:1]
+    t = time.perf_counter()
+    palettized = KMeansPalettizer(model, KMeansPalettizerConfig(global_config=module_cfg)).prepare(example_inputs=(x,))
+    seconds = time.perf_counter() - t
+    ppl = perplexity(palettized, dm.val_dataloader(), eval_batches)
+    plain = copy.deepcopy(dense)  # its decoded weights into the plain architecture, then the same encoder
+    with torch.no_grad():
+        decoded = {n: p.detach() for n, p in palettized.state_dict().items() if "original" not in n}
+        for name, module in palettized.named_modules():
+            if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
+                decoded[f"{name}.weight"] = module.weight.detach()
+        plain.load_state_dict({n: decoded.get(n, v) for n, v in plain.state_dict().items()})
+    changed = [n for n, v in plain.state_dict().items() if not torch.equal(v, dense.state_dict()[n])]
+    grouped = {} if granularity == "tensor" else {n: "auto" for n in changed}
+    return {"seconds": seconds, "val_ppl": ppl, "file_bytes": file_bytes(plain, grouped), "palettized": changed}
+
+
+def main(argv=None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--steps", type=int, default=400, help="dense training steps (batch 32)")
+    ap.add_argument("--eval-batches", type=int, default=None, help="validation batches (default: all)")
+    ap.add_argument("--bits", type=int, nargs="+", default=[3, 4])
+    ap.add_argument("--coreai-path", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--types", nargs="+", choices=sorted(TYPE_CHOICES), default=["linear", "embedding", "attention"],
+                    help="tensors share_weights selects (and the file compresses); 'linear embedding' = coreai-opt's")
+    ap.add_argument("--tag", default="", help="suffix of the result file name")
+    args = ap.parse_args(argv)
+    TYPES[:] = [TYPE_CHOICES[t] for t in args.types]
+    torch.set_num_threads(args.threads)  # more threads than free cores slows a shared machine down ~10x
+    steps, eval_batches = (30, 4) if args.quick else (args.steps, args.eval_batches)
+    size = {"d_model": 64, "n_layers": 1, "context": 32} if args.quick else {"d_model": 128, "n_layers": 2, "context": 64}
+    grans = ["tensor", "channel", 32] if args.quick else GRANULARITIES
+    bits_list = [4] if args.quick else args.bits
+    rows = []
+    for seed in args.seeds:
+        t = time.perf_counter()
+        dense, dm = train_dense(seed, steps, 2000 if args.quick else None, size)
+        train_s = time.perf_counter() - t
+        dm.setup("fit")
+        base = {"seed": seed, "method": "dense", "bits": 32, "granularity": "-", "weighting": "-", "seconds": 0.0,
+                "val_ppl": perplexity(dense, dm.val_dataloader(), eval_batches), "file_bytes": file_bytes(dense, {}),
+                "train_seconds": train_s}
+        rows.append(base)
+        print(json.dumps(base), flush=True)
+        for bits in bits_list:
+            for gran in grans:
+                for weighting in (None, "fisher"):
+                    r = run_ours(dense, dm, bits, gran, weighting, eval_batches)
+                    rows.append({"seed": seed, "method": "share_weights", "bits": bits, "granularity": gran,
+                                 "weighting": weighting or "plain", **r})
+                    print(json.dumps(rows[-1]), flush=True)
+                if args.coreai_path:
+                    try:
+                        r = run_coreai(dense, dm, bits, gran, eval_batches, args.coreai_path)
+                    except Exception as err:  # noqa: BLE001 - reported, the run goes on
+                        r = {"error": f"{type(err).__name__}: {err}"[:300]}
+                    rows.append({"seed": seed, "method": "coreai-opt KMeansPalettizer", "bits": bits,
+                                 "granularity": gran, "weighting": "plain", **r})
+                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "palettized"}), flush=True)
+    path = write_json(result_path(args, f"palettization{args.tag}"),
+                      {"steps": steps, "eval_batches": eval_batches, "model": size, "threads": args.threads,
+                       "types": args.types, "meta": meta(args), "rows": rows})
+    print_table(rows)
+    print(f"wrote {path}")
+
+
+def print_table(rows: list[dict]) -> None:
+    dense = {r["seed"]: r for r in rows if r["method"] == "dense"}
+    print("| seed | method | bits | granularity | weighting | val ppl | vs dense | file bytes | clustering s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['seed']} | {r['method']} | {r['bits']} | {r['granularity']} | - | {r['error']} | | | |")
+            continue
+        rel = r["val_ppl"] / dense[r["seed"]]["val_ppl"] - 1
+        print(f"| {r['seed']} | {r['method']} | {r['bits']} | {r['granularity']} | {r['weighting']} | "
+              f"{r['val_ppl']:.3f} | {rel:+.1%} | {r['file_bytes']:,} | {r['seconds']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
