@@ -123,3 +123,19 @@ def test_tied_buffers_and_untied_models_keep_their_bytes():
     assert {a.name: a.target for a in report.aliases} == {"b.weight": "a.weight", "steps_again": "steps"}
     out = decode_file(data)
     assert torch.equal(out["steps_again"], torch.arange(6)) and out["b.weight"] is out["a.weight"]
+
+
+def test_format_page_alias_example_bytes_are_what_the_encoder_writes():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text()
+    section = text[text.index("### Aliases of tied tensors (codec 3)"):text.index("## Bit-exactness")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    dump = re.findall(r"```text\n(.*?)```", section, re.S)[1]
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - the page's own example
+    data = namespace["data"]
+    assert bytes.fromhex(dump.replace("\n", " ")) == data and f"gives these {len(data)} bytes" in section
+    out = decode_file(data)
+    assert out["head.weight"] is out["emb.weight"] and namespace["report"].aliases[0].target == "emb.weight"
