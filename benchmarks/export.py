@@ -31,26 +31,20 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import lzma
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lightning_compress.core.stats import model_stats  # noqa: E402
-from lightning_compress.export import load_compressed, read_compressed, save_compressed, torch_save_bytes  # noqa: E402
-from lightning_compress.zoo.models import LeNet5, LeNet300100  # noqa: E402
+from lightning_compress.core.stats import model_stats
+from lightning_compress.export import load_compressed, read_compressed, save_compressed, torch_save_bytes
+from lightning_compress.zoo.models import LeNet5, LeNet300100
 
 #: Deep Compression's per-layer kept fractions and bits.
 SETUPS = {
@@ -83,8 +77,6 @@ def compress_oneshot(model, kept: dict, bits: dict) -> None:
 
 
 def compress_trained(model, kept: dict, bits: dict, quick: bool, workdir: str, epochs: int, share_at: int) -> dict:
-    import lightning.pytorch as pl
-
     from lightning_compress.callbacks.pruning import GradualMagnitudePruning
     from lightning_compress.callbacks.sharing import WeightSharing
     from lightning_compress.zoo.data import FashionMNISTDataModule
@@ -106,17 +98,7 @@ def compress_trained(model, kept: dict, bits: dict, quick: bool, workdir: str, e
     )
     sharing = WeightSharing(bits=dict(bits), start_epoch=share_at, init="linear", reduction="mean", evaluate=False,
                             log_histograms=False)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        callbacks=[pruning, sharing],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=workdir,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(epochs, [pruning, sharing], default_root_dir=workdir)
     t = time.perf_counter()
     trainer.fit(model, dm)
     fit_s = time.perf_counter() - t
@@ -256,15 +238,13 @@ def run_scale(repeats: int, workdir: str) -> dict:
     }
 
 
-def main_scale(repeats: int) -> None:
-    out = ROOT / "benchmarks" / "results" / "format_throughput.json"  # not export*.json: docs/hooks.py renders those
+def main_scale(args, repeats: int) -> None:
+    out = result_path(args, "format_throughput")  # not export*.json: docs/hooks.py renders those
     with tempfile.TemporaryDirectory() as workdir:
         r = run_scale(repeats, workdir)
-    meta = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "repeats": repeats, "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-            "load_average": os.getloadavg(),
-            "note": "medians of interleaved repeats, one thread, on a shared 2-core CPU (other jobs running)"}
-    out.write_text(json.dumps({"meta": meta, "results": r}, indent=2))
+    info = meta(args, repeats=repeats, load_average=os.getloadavg(),
+                note="medians of interleaved repeats, one thread, on a shared 2-core CPU (other jobs running)")
+    write_json(out, {"meta": info, "results": r})
     print("| | seconds | M weights/s |\n|---|---:|---:|")
     for key in ("lcz_encode", "lcz_decode", "torch_save", "torch_load"):
         sec = r[f"{key}_seconds"]
@@ -274,31 +254,22 @@ def main_scale(repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", action="store_true", help="throughput at 33.6M weights vs torch.save/torch.load")
-    parser.add_argument("--quick", action="store_true", help="smoke run: data subset, fewer epochs/repeats")
-    parser.add_argument("--method", choices=["train", "oneshot"], default="train")
-    parser.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/export[_quick][_oneshot].json)")
-    args = parser.parse_args()
+    ap = parser(__doc__, quick_help="smoke run: data subset, fewer epochs/repeats")
+    ap.add_argument("--scale", action="store_true", help="throughput at 33.6M weights vs torch.save/torch.load "
+                    "(writes <out>/format_throughput[_quick].json)")
+    ap.add_argument("--method", choices=["train", "oneshot"], default="train")
+    ap.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
+    args = ap.parse_args()
     torch.set_num_threads(1)  # a shared CPU: more threads oversubscribe and slow everyone down
     repeats = 3 if args.quick else 7
     if args.scale:
-        main_scale(repeats)
+        main_scale(args, repeats)
         return
-    suffix = ("_quick" if args.quick else "") + ("_oneshot" if args.method == "oneshot" else "")
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"export{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "quick": args.quick,
-        "method": args.method,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "note": "file/gzip and file/xz compare against the same pruned+shared state_dict (torch.save output); "
-        "entropy bound = same file with every coded stream at its zero-order entropy and no Huffman tables. "
-        "Timings on a shared 2-core CPU.",
-    }
+    out = result_path(args, "export", suffix=("_oneshot" if args.method == "oneshot" else "") + ".json")
+    info = meta(args, method=args.method,
+                note="file/gzip and file/xz compare against the same pruned+shared state_dict (torch.save output); "
+                "entropy bound = same file with every coded stream at its zero-order entropy and no Huffman tables. "
+                "Timings on a shared 2-core CPU.")
     results = {}
     if out.exists():  # keep other models' results of the same kind of run (models can be run one at a time)
         previous = json.loads(out.read_text())
@@ -310,7 +281,7 @@ def main() -> None:
             results[name] = run_model(name, SETUPS[name], args.method, args.quick, repeats, workdir)
             results[name]["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
             print(results[name].pop("table"), flush=True)
-            out.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+            write_json(out, {"meta": info, "results": results})
 
     header = (
         "| model | method | acc | file B | ratio | stats est. B | entropy B | file/entropy | gzip B | file/gzip "

@@ -27,9 +27,7 @@ was available where this was written.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,9 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import ROOT, meta, parser, result_path, write_json
 
 SPARSITY, BITS = 0.75, 3
 PRUNED, SHARED = ("fc1.weight", "fc2.weight"), ("fc1.weight", "fc3.weight")
@@ -193,11 +189,9 @@ def check_refusal(run: dict, label: str, words: tuple[str, ...]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="4 epochs per fit instead of 8")
+    p = parser(__doc__, quick_help="4 epochs per fit instead of 8")
     p.add_argument("--cpu", action="store_true", help="2 CPU processes (gloo) instead of GPUs")
     p.add_argument("--devices", type=int, default=max(2, torch.cuda.device_count()))
-    p.add_argument("--out", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--epochs", type=int, default=None, help=argparse.SUPPRESS)
@@ -206,11 +200,8 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    import lightning
-
     result = {"quick": args.quick, "cpu": args.cpu, "devices": 2 if args.cpu else args.devices,
-              "torch": torch.__version__, "lightning": lightning.__version__, "python": platform.python_version(),
-              "cuda": torch.cuda.is_available(), "rows": []}
+              "cuda": torch.cuda.is_available(), "meta": meta(args), "rows": []}
     if not args.cpu and torch.cuda.device_count() < 2:
         result["status"] = f"not run: {torch.cuda.device_count()} GPU(s); FSDP2 sharding needs at least 2 (or --cpu)"
     else:
@@ -229,10 +220,7 @@ def main(argv=None) -> int:
     print(f"FSDP2 check ({'cpu' if args.cpu else 'gpu'}, {'quick' if args.quick else 'full'}): {result['status']}")
     for row in result["rows"]:
         print(f"  {'ok ' if row['ok'] else 'BAD'}  {row['check']:<44} {row.get('detail', '')}")
-    name = f"fsdp_check{'_quick' if args.quick else ''}{'_cpu' if args.cpu else ''}.json"
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str))
+    out = write_json(result_path(args, "fsdp_check", suffix=("_cpu" if args.cpu else "") + ".json"), result)
     print(f"wrote {out}")
     return 1 if result["status"] == "FAILED" else 0
 

@@ -29,17 +29,14 @@ Results: ``benchmarks/results/kmeans_scale[_quick].json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
+from _common import meta, parser, result_path, write_json
 
 
 def _rss_kib(field: str) -> int:
@@ -177,8 +174,7 @@ def measure(fn, *args) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1M weights (1024 x 1024)")
+    ap = parser(__doc__, quick_help="1M weights (1024 x 1024)")
     ap.add_argument("--rows", type=int, default=8192)
     ap.add_argument("--cols", type=int, default=12288)
     ap.add_argument("--k", type=int, default=16)
@@ -192,7 +188,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     rows, cols = (1024, 1024) if args.quick else (args.rows, args.cols)
     sk_values = min(args.sk_values, rows * cols // 4) if args.quick else args.sk_values
-    sys.path.insert(0, str(ROOT))
     table = []
     for gran in args.granularities:
         jobs = [("ours", _run_ours, (rows, cols, args.k, gran, args.tol)),
@@ -205,7 +200,7 @@ def main(argv=None) -> None:
             row = {"method": name, "granularity": gran, **measure(fn, *fargs)}
             table.append(row)
             print(json.dumps(row), flush=True)
-    path = RESULTS / f"kmeans_scale{'_quick' if args.quick else ''}.json"
+    path = result_path(args, "kmeans_scale")
     if args.skip and path.exists():  # keep the skipped methods' rows of the previous run (same sizes)
         old = json.loads(path.read_text())
         if (old["rows"], old["cols"], old["k"]) == (rows, cols, args.k):
@@ -217,10 +212,8 @@ def main(argv=None) -> None:
         if r.get("inertia") is not None and r["granularity"] in ours:
             r["inertia_vs_ours"] = r["inertia"] / ours[r["granularity"]]["inertia"]
     payload = {"rows": rows, "cols": cols, "k": args.k, "tol": args.tol, "table": table,
-               "env": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "threads": int(os.environ.get("BENCH_THREADS", "1"))}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+               "meta": meta(args, bench_threads=int(os.environ.get("BENCH_THREADS", "1")))}
+    write_json(path, payload)
     print(f"\n{rows} x {cols} = {rows * cols:,} weights, k = {args.k}")
     print("| method | granularity | time (s) | peak extra memory (MiB) | inertia vs ours | note |")
     print("|---|---|---|---|---|---|")

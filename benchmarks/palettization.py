@@ -21,30 +21,24 @@ Results: ``benchmarks/results/palettization[_quick].json``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import sys
 import time
 import warnings
-from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import lightning_compress as lc
+from lightning_compress.core.targets import find_targets
+from lightning_compress.format.api import encode_state_dict
+from lightning_compress.zoo import TextDataModule, TinyGPT
 
-import lightning.pytorch as pl  # noqa: E402
-
-import lightning_compress as lc  # noqa: E402
-from lightning_compress.core.targets import find_targets  # noqa: E402
-from lightning_compress.format.api import encode_state_dict  # noqa: E402
-from lightning_compress.zoo import TextDataModule, TinyGPT  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 TYPE_CHOICES = {"linear": "linear", "embedding": "embedding", "attention": nn.MultiheadAttention}
 TYPES = ["linear", "embedding", nn.MultiheadAttention]  # --types; coreai-opt leaves attention in_proj dense
 GRANULARITIES = ["tensor", "channel", 8, 32]
@@ -73,9 +67,7 @@ def train_dense(seed: int, steps: int, train_limit: int | None, size: dict) -> t
     pl.seed_everything(seed, workers=True)
     dm = TextDataModule(batch_size=32, train_limit=train_limit, seed=42, context=size["context"])
     model = TinyGPT(lr=3e-3, **size)
-    trainer = pl.Trainer(max_steps=steps, max_epochs=1000, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, accelerator="cpu", devices=1)
+    trainer = quiet_trainer(1000, max_steps=steps, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     model.eval()
     return model, dm
@@ -138,9 +130,7 @@ def run_coreai(dense, dm, bits: int, granularity, eval_batches, coreai_path: str
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap = parser(__doc__)
     ap.add_argument("--steps", type=int, default=400, help="dense training steps (batch 32)")
     ap.add_argument("--eval-batches", type=int, default=None, help="validation batches (default: all)")
     ap.add_argument("--bits", type=int, nargs="+", default=[3, 4])
@@ -182,11 +172,9 @@ def main(argv=None) -> None:
                     rows.append({"seed": seed, "method": "coreai-opt KMeansPalettizer", "bits": bits,
                                  "granularity": gran, "weighting": "plain", **r})
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "palettized"}), flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"palettization{args.tag}{'_quick' if args.quick else ''}.json"
-    path.write_text(json.dumps({"steps": steps, "eval_batches": eval_batches, "model": size, "threads": args.threads,
-                                "types": args.types,
-                                "rows": rows}, indent=2, default=str))
+    path = write_json(result_path(args, f"palettization{args.tag}"),
+                      {"steps": steps, "eval_batches": eval_batches, "model": size, "threads": args.threads,
+                       "types": args.types, "meta": meta(args), "rows": rows})
     print_table(rows)
     print(f"wrote {path}")
 

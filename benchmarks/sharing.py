@@ -27,38 +27,21 @@ Results: ``benchmarks/results/sharing_kmeans[_quick].json`` and ``sharing_bits[_
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
 
 from lightning_compress.core.kmeans import inertia, init_centroids, kmeans_1d
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def _write(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2))
-    return path
-
-
-def _env() -> dict:
+def _meta(args) -> dict:
     import sklearn
 
-    return {
-        "torch": torch.__version__,
-        "sklearn": sklearn.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-    }
+    return meta(args, sklearn=sklearn.__version__)
 
 
 # ---------------------------------------------------------------- part 1: k-means speed and inertia
@@ -137,19 +120,7 @@ def print_kmeans_table(res: dict) -> None:
 
 # ---------------------------------------------------------------- part 2: accuracy vs bits
 def _trainer(max_epochs: int, callbacks: list, limit_train_batches=None):
-    import lightning.pytorch as pl
-
-    return pl.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_train_batches=limit_train_batches,
-    )
+    return quiet_trainer(max_epochs, callbacks, limit_train_batches=limit_train_batches)
 
 
 @torch.no_grad()
@@ -277,8 +248,7 @@ def print_bits_table(res: dict) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run of both parts (< 2 minutes)")
+    ap = parser(__doc__, quick_help="smoke run of both parts (< 2 minutes)")
     ap.add_argument("--part", choices=["kmeans", "bits", "all"], default="all")
     ap.add_argument("--max-iter", type=int, default=300)
     ap.add_argument("--tol", type=float, default=1e-4, help="scikit-learn's default; same criterion for both")
@@ -288,14 +258,13 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, nargs=3, default=[6, 6, 2], metavar=("DENSE", "PRUNE", "FINETUNE"),
                     help="part 2: epochs of dense training, pruning and centroid fine-tuning per bit width")
     args = ap.parse_args(argv)
-    suffix = "_quick" if args.quick else ""
 
     if args.part in ("kmeans", "all"):
         sizes, ks = ([100_000], [32, 256]) if args.quick else ([1_000_000, 10_000_000], [32, 256])
         res = bench_kmeans(sizes, ks, args.max_iter, args.tol)
-        res.update(quick=args.quick, env=_env())
+        res.update(quick=args.quick, meta=_meta(args))
         print_kmeans_table(res)
-        print("wrote", _write(f"sharing_kmeans{suffix}", res))
+        print("wrote", write_json(result_path(args, "sharing_kmeans"), res))
 
     if args.part in ("bits", "all"):
         # With reduction="sum" the centroid gradient is the sum over thousands of weights: a small lr.
@@ -308,9 +277,9 @@ def main(argv=None) -> None:
             dense_e, prune_e, tune_e = args.epochs
             res = bench_bits(list(range(2, 9)), dense_epochs=dense_e, prune_epochs=prune_e, finetune_epochs=tune_e,
                              train_limit=args.train_limit, finetune_lr=lr, reduction=args.reduction)
-        res.update(quick=args.quick, env=_env())
+        res.update(quick=args.quick, meta=_meta(args))
         print_bits_table(res)
-        print("wrote", _write(f"sharing_bits{suffix}", res))
+        print("wrote", write_json(result_path(args, "sharing_bits"), res))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import tiny_trainer
+
 from lightning_compress.export import (
     FORMAT_VERSION,
     MAGIC,
@@ -313,23 +315,12 @@ def test_log_report(tmp_path, lenet300):
 
 
 def tiny_fit(model, tmp_path, callbacks=(), logger=False):
-    import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=logger,
-        callbacks=list(callbacks),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-    )
+    trainer = tiny_trainer(callbacks, max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=logger,
+                           default_root_dir=tmp_path)
     trainer.fit(model, DataLoader(data, batch_size=16))
     return trainer
 

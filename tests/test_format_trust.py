@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import tiny_trainer
+
 from lightning_compress.core.lowrank import FactorizedLayer, apply_factorization_plan, factorize_linear
 from lightning_compress.errors import CompressionConfigError
 from lightning_compress.export import (
@@ -92,15 +94,12 @@ def test_export_callback_checks_its_target_before_training(tmp_path, monkeypatch
 
 
 def _fit(tmp_path, callbacks, **trainer_args):
-    import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
     g = torch.Generator().manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(32, 784, generator=g), torch.randint(0, 10, (32,), generator=g)),
                       batch_size=16)
-    args = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
-    trainer = pl.Trainer(callbacks=callbacks, **{**args, **trainer_args})
+    trainer = tiny_trainer(callbacks, **{"max_epochs": 1, "default_root_dir": tmp_path, **trainer_args})
     model = LeNet300100(lr=0.01)
     trainer.fit(model, data)
     return model
