@@ -139,3 +139,15 @@ def test_format_page_alias_example_bytes_are_what_the_encoder_writes():
     assert bytes.fromhex(dump.replace("\n", " ")) == data and f"gives these {len(data)} bytes" in section
     out = decode_file(data)
     assert out["head.weight"] is out["emb.weight"] and namespace["report"].aliases[0].target == "emb.weight"
+
+
+def test_bad_alias_arguments_name_the_argument():
+    import pytest
+
+    t = torch.ones(2)
+    with pytest.raises(ValueError, match="aliases: names not in the state_dict: \\['x'\\]"):
+        encode_state_dict({"a": t, "b": t}, aliases={"x": "a"})
+    with pytest.raises(ValueError, match="aliases: 'a' names 'b', which is not an earlier key"):
+        encode_state_dict({"a": t, "b": t}, aliases={"a": "b"})
+    with pytest.raises(ValueError, match="do not hold the same tensor"):
+        encode_state_dict({"a": t, "b": t + 1}, aliases={"b": "a"})

@@ -32,7 +32,7 @@ from lightning_compress.format.layer import decode_layer, encode_layer, supports
 from lightning_compress.format.raw import CODE_DTYPES, decode_raw, dtype_code, encode_raw
 from lightning_compress.format.report import AliasReport, CompressionReport, RawTensorReport, layer_report
 from lightning_compress.format.selection import compressed_names
-from lightning_compress.format.ties import find_aliases
+from lightning_compress.format.ties import find_aliases, same_values
 
 #: Default memory limit of :func:`read_compressed`: 4 GiB of decoded tensors (a billion float32 weights).
 DEFAULT_MAX_BYTES = 4 << 30
@@ -60,9 +60,15 @@ def encode_state_dict(
     start = time.perf_counter()
     aliases = dict(find_aliases(state_dict) if aliases is None else aliases)
     compress, groups = set(compress), dict(groups or {})
-    unknown = (compress | set(aliases) | set(aliases.values())) - set(state_dict)
-    if unknown:
-        raise ValueError(f"compress/aliases: names not in the state_dict: {sorted(unknown)}")
+    for what, names in (("compress", compress), ("aliases", set(aliases) | set(aliases.values()))):
+        unknown = names - set(state_dict)
+        if unknown:
+            raise ValueError(f"{what}: names not in the state_dict: {sorted(unknown)}")
+    if isinstance(state_dict, dict):  # values at hand: an alias must really be its target's tensor
+        wrong = [a for a, t in aliases.items() if a in state_dict and t in state_dict
+                 and not same_values(state_dict[a], state_dict[t])]
+        if wrong:
+            raise ValueError(f"aliases: {wrong} do not hold the same tensor as the keys they name")
     for alias, target in aliases.items():  # the tensor is stored under its first name: compress it there
         if alias in compress:
             compress.add(target)
