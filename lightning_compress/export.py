@@ -44,7 +44,7 @@ from lightning_compress.format.errors import (
     UnsupportedVersionError,
 )
 from lightning_compress.format.model_check import check_architecture
-from lightning_compress.format.report import CompressionReport, LayerReport, RawTensorReport, report_scalars
+from lightning_compress.format.report import AliasReport, CompressionReport, LayerReport, RawTensorReport, report_scalars
 
 
 def main(argv=None) -> int:
@@ -65,6 +65,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ArchitectureMismatchError",
     "CompressedFileError",
+    "AliasReport",
     "CompressionReport",
     "CorruptedFileError",
     "DEFAULT_MAX_BYTES",

@@ -27,7 +27,7 @@ from lightning_compress.export import (
     read_compressed,
 )
 from lightning_compress.format.bitstream import encode_varint
-from lightning_compress.format.container import CRC, LAYER, MAGIC, PREFIX, RAW
+from lightning_compress.format.container import ALIAS, CRC, LAYER, MAGIC, PREFIX, RAW
 
 FUZZ_CASES = int(os.environ.get("LCZ_FUZZ_CASES", "300"))
 
@@ -68,6 +68,20 @@ HOSTILE = {
     "raw (2^40, 2^40)": [("weight", F32, (1 << 40, 1 << 40), RAW, b"")],
     "2^40 tensors declared": [],
 }
+RAW_2x4 = ("weight", F32, (2, 4), RAW, b"\x00" * 32)
+#: Alias entries (version 2) that name no valid earlier entry: each must be a CorruptedFileError.
+HOSTILE_ALIASES = {
+    "alias to itself": [("weight", F32, (2, 4), ALIAS, b"\x00")],
+    "alias to a later entry": [("bias", F32, (2, 4), ALIAS, b"\x01"), RAW_2x4],
+    "alias to a missing entry": [RAW_2x4, ("bias", F32, (2, 4), ALIAS, b"\x07")],
+    "alias to a 2^63 entry": [RAW_2x4, ("bias", F32, (2, 4), ALIAS, encode_varint(1 << 63))],
+    "alias of another shape": [RAW_2x4, ("bias", F32, (2,), ALIAS, b"\x00")],
+    "alias of another dtype": [RAW_2x4, ("bias", 8, (2, 4), ALIAS, b"\x00")],
+    "alias of an alias": [RAW_2x4, ("bias", F32, (2, 4), ALIAS, b"\x00"), ("other", F32, (2, 4), ALIAS, b"\x01")],
+    "alias with trailing bytes": [RAW_2x4, ("bias", F32, (2, 4), ALIAS, b"\x00\x00")],
+    "alias without payload": [RAW_2x4, ("bias", F32, (2, 4), ALIAS, b"")],
+    "alias with an unfinished varint": [RAW_2x4, ("bias", F32, (2, 4), ALIAS, b"\x80")],
+}
 
 
 def hostile_bytes(name: str) -> bytes:
@@ -76,6 +90,19 @@ def hostile_bytes(name: str) -> bytes:
         data[PREFIX.size : PREFIX.size + 1] = encode_varint(1 << 40)  # longer varint: fix length and CRC
         return refit(bytes(data))
     return forge(HOSTILE[name])
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ALIASES))
+def test_hostile_alias_entries_are_corrupted_files(tmp_path, name):
+    path = tmp_path / "alias.lcz"
+    path.write_bytes(forge(HOSTILE_ALIASES[name], version=2))
+    with pytest.raises(CorruptedFileError, match="alias"):
+        read_compressed(path)
+    with pytest.raises(CorruptedFileError, match="alias"):
+        load_compressed(path, nn.Linear(4, 2))
+    assert decode_file(forge([RAW_2x4, ("bias", F32, (2, 4), ALIAS, b"\x00")], version=2))["bias"].shape == (2, 4)
+    with pytest.raises(CorruptedFileError, match="unknown codec 3 for format version 1"):
+        decode_file(forge(HOSTILE_ALIASES[name], version=1))
 
 
 def refit(data: bytes) -> bytes:
@@ -199,6 +226,10 @@ def seeds():
     grouped = encode_state_dict({"w": rows}, ["w"], groups={"w": "auto"})[0]
     assert grouped[4] == 2  # a version-2 file with grouped codebooks
     out.append(("grouped", grouped, None))
+    tied = {"a": rows, "b": torch.arange(3), "c": rows, "d": torch.zeros(2)}
+    aliased = encode_state_dict(tied, ["a"])[0]
+    assert aliased[4] == 2  # a version-2 file with alias entries
+    out.append(("aliased", aliased, None))
     return out
 
 

@@ -34,6 +34,7 @@ from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.core.distributed import GatheredStateDict, is_sharded
 from lightning_compress.format.api import compressed_names, save_compressed
 from lightning_compress.format.report import CompressionReport, report_scalars
+from lightning_compress.format.ties import find_aliases
 from lightning_compress.tags import tag
 from lightning_compress.validation import check_bool, fail
 
@@ -131,9 +132,11 @@ class ExportCompressed(Callback):
         if trainer.is_global_zero:
             shared = [name for c in described if c.kind == "share" for name in c.layers]
             self._export(trainer, pl_module, [name for c in described for name in c.layers], shared, unfinished, state)
-        elif state is not None:
-            for _ in state.values():
-                pass
+        elif state is not None:  # the same keys the writer reads: a tied tensor's later names are not read
+            skip = find_aliases(state, pl_module)
+            for key in state:
+                if key not in skip:
+                    state[key]
         trainer.strategy.barrier("ExportCompressed.on_fit_end")
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, claimed: list[str], shared: list[str],

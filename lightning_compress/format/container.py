@@ -5,6 +5,7 @@ Layout (integers little-endian, ``varint`` = unsigned LEB128)::
     magic b"\\x89LCZ" | version u8 | file length u64
     tensor table: varint n_tensors, then per tensor:
         name (varint length + UTF-8) | dtype code u8 | varint ndim | varint dims... | codec u8 | varint payload bytes
+        (codec ALIAS, version 2: the payload is one varint, the table index of an earlier entry holding the tensor)
     payloads, in table order
     CRC-32 u32 of everything before it
 
@@ -36,8 +37,10 @@ MAGIC = b"\x89LCZ"
 #: The newest version this package reads and writes. Version 1 is written whenever no version-2 codec is used.
 FORMAT_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
-RAW, LAYER, GROUPED = 0, 1, 2  # tensor codecs in the table; GROUPED needs version 2
-CODECS_BY_VERSION = {1: (RAW, LAYER), 2: (RAW, LAYER, GROUPED)}
+RAW, LAYER, GROUPED, ALIAS = 0, 1, 2, 3  # tensor codecs in the table; GROUPED and ALIAS need version 2
+CODECS_BY_VERSION = {1: (RAW, LAYER), 2: (RAW, LAYER, GROUPED, ALIAS)}
+#: Longest alias payload: one varint, the table index of the entry it names.
+MAX_ALIAS_BYTES = 10
 PREFIX = struct.Struct("<4sBQ")  # magic, version, file length
 CRC = struct.Struct("<I")
 MIN_FILE_BYTES = PREFIX.size + 1 + CRC.size
@@ -56,6 +59,7 @@ class TensorEntry:
     codec: int
     offset: int
     nbytes: int
+    alias_of: str | None = None  # ALIAS entries: the earlier entry holding this tensor's payload
 
     @property
     def numel(self) -> int:
@@ -131,7 +135,7 @@ def _read_row(reader: ByteReader, version: int, source: str) -> tuple[str, torch
     if codec not in CODECS_BY_VERSION[version]:
         raise CorruptedFileError(f"{source}: tensor {name!r} has unknown codec {codec} for format version {version}")
     dtype = CODE_DTYPES[code]
-    if codec != RAW and not dtype.is_floating_point:
+    if codec not in (RAW, ALIAS) and not dtype.is_floating_point:
         raise CorruptedFileError(f"{source}: tensor {name!r}: codec {codec} used for {dtype}")
     return name, dtype, shape, codec, reader.varint()
 
@@ -161,6 +165,7 @@ def parse_header(data: bytes | memoryview, source: str = "<bytes>", max_bytes: i
         offset += nbytes
     if offset != end:
         raise CorruptedFileError(f"{source}: payload sizes add up to {offset - reader.pos} bytes, file holds {end - reader.pos}")
+    entries = [_resolve_alias(data, entries, i, source) if e.codec == ALIAS else e for i, e in enumerate(entries)]
     for e in entries:
         if e.codec == RAW and e.nbytes != e.decoded_bytes:
             raise CorruptedFileError(f"{source}: raw tensor {e.name!r} of shape {e.shape} needs {e.decoded_bytes} "
@@ -170,8 +175,32 @@ def parse_header(data: bytes | memoryview, source: str = "<bytes>", max_bytes: i
     return entries
 
 
+def _resolve_alias(data: bytes | memoryview, entries: Sequence[TensorEntry], i: int, source: str) -> TensorEntry:
+    """An ALIAS entry names an earlier, non-alias entry of the same shape and dtype (its payload: that index)."""
+    e = entries[i]
+    if not 1 <= e.nbytes <= MAX_ALIAS_BYTES:
+        raise CorruptedFileError(f"{source}: alias {e.name!r} has a payload of {e.nbytes} bytes (one varint expected)")
+    reader = ByteReader(data, e.offset, e.offset + e.nbytes)
+    try:
+        target = reader.varint()
+    except BitstreamError as err:
+        raise CorruptedFileError(f"{source}: alias {e.name!r}: malformed target index: {err}") from None
+    if reader.remaining:
+        raise CorruptedFileError(f"{source}: alias {e.name!r}: {reader.remaining} unexpected bytes after its target index")
+    if target >= i:
+        raise CorruptedFileError(f"{source}: alias {e.name!r} (entry {i}) names entry {target}: "
+                                 "an alias must name an earlier entry")
+    t = entries[target]
+    if t.codec == ALIAS:
+        raise CorruptedFileError(f"{source}: alias {e.name!r} names {t.name!r}, itself an alias")
+    if (t.shape, t.dtype) != (e.shape, e.dtype):
+        raise CorruptedFileError(f"{source}: alias {e.name!r} ({e.shape}, {e.dtype}) names {t.name!r} "
+                                 f"of another shape or dtype ({t.shape}, {t.dtype})")
+    return TensorEntry(e.name, e.dtype, e.shape, ALIAS, e.offset, e.nbytes, alias_of=t.name)
+
+
 def check_memory(entries: Sequence[TensorEntry], max_bytes: int, source: str, what: str = "max_bytes") -> None:
-    need = sum(e.decoded_bytes for e in entries)
+    need = sum(e.decoded_bytes for e in entries if e.codec != ALIAS)  # an alias shares its target's tensor
     if need > max_bytes:
         raise MemoryLimitError(
             f"{source}: decoding needs {need:,} bytes of tensors, more than the limit {what}={max_bytes:,}; "
@@ -185,6 +214,7 @@ def file_version(data: bytes | memoryview) -> int:
 
 
 __all__ = [
+    "ALIAS",
     "CODECS_BY_VERSION",
     "FORMAT_VERSION",
     "GROUPED",

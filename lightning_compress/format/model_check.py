@@ -16,6 +16,7 @@ from torch import nn
 from lightning_compress.core.lowrank import apply_factorization_plan, infer_factorization_plan
 from lightning_compress.format.container import TensorEntry
 from lightning_compress.format.errors import ArchitectureMismatchError
+from lightning_compress.format.ties import model_ties, same_values
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -89,7 +90,23 @@ def load_into(model: nn.Module, stored: dict[str, torch.Tensor], plan: list) -> 
     if plan:
         apply_factorization_plan(model, plan)
     on_meta = any(t.is_meta for t in model.state_dict().values())
+    if on_meta:  # ``assign`` wraps each key in its own Parameter: give a tied Parameter's names one, to keep the tie
+        stored = dict(stored)
+        for name, first in model_ties(model):
+            if name in stored and first in stored and same_values(stored[name], stored[first]):
+                if _is_param(model, first) and not isinstance(stored[first], nn.Parameter):
+                    requires_grad = model.get_parameter(first).requires_grad
+                    stored[first] = nn.Parameter(stored[first], requires_grad=requires_grad)
+                stored[name] = stored[first]
     model.load_state_dict(stored, strict=True, assign=on_meta)
+
+
+def _is_param(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+    except AttributeError:
+        return False
+    return True
 
 
 __all__ = ["check_against_model", "check_architecture", "load_into", "specs", "state_bytes", "weightless_copy"]

@@ -1,6 +1,7 @@
 """What a save wrote: per-layer sizes in the style of the Deep Compression tables, exact to the byte.
 
-``header_bytes + layer bytes + raw tensor bytes == file_bytes`` always; the ratio is dense bytes over the
+``header_bytes + layer bytes + raw tensor bytes + alias bytes == file_bytes`` always; the ratio is the dense
+bytes of the distinct tensors (a tied tensor once, as ``torch.save`` stores shared storage once) over the
 file's bytes on disk. No Lightning, no TensorBoard here (``callbacks/export.py`` logs a report).
 """
 
@@ -68,8 +69,23 @@ class RawTensorReport:
 
 
 @dataclass
+class AliasReport:
+    """A tied tensor's later name: an alias entry naming the entry that holds the tensor (counted there)."""
+
+    name: str
+    target: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "target": self.target, "shape": list(self.shape), "dtype": self.dtype,
+                "bytes": self.bytes}
+
+
+@dataclass
 class CompressionReport:
-    """What was written. ``header_bytes + layer bytes + raw tensor bytes == file_bytes`` exactly."""
+    """What was written. ``header_bytes + layer bytes + raw tensor bytes + alias bytes == file_bytes`` exactly."""
 
     layers: list[LayerReport]
     raw: list[RawTensorReport]
@@ -82,10 +98,16 @@ class CompressionReport:
     #: What did not finish before the export (``Claim.unfinished`` of the compression callbacks).
     unfinished: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Tied tensors' later names, stored as alias entries (a few bytes each; no dense bytes of their own).
+    aliases: list[AliasReport] = field(default_factory=list)
 
     @property
     def raw_bytes(self) -> int:
         return sum(r.bytes for r in self.raw)
+
+    @property
+    def alias_bytes(self) -> int:
+        return sum(a.bytes for a in self.aliases)
 
     @property
     def layer_bytes(self) -> int:
@@ -93,7 +115,8 @@ class CompressionReport:
 
     @property
     def dense_bytes(self) -> int:
-        """Every tensor at its own dtype, uncompressed (32 bits per weight for a float32 model)."""
+        """Every distinct tensor at its own dtype, uncompressed (32 bits per weight for a float32 model); a tied
+        tensor counts once, as ``torch.save`` stores shared storage once."""
         return sum(layer.dense_bytes for layer in self.layers) + self.raw_bytes
 
     @property
@@ -139,6 +162,8 @@ class CompressionReport:
                 f"| ({len(self.raw)} raw tensors: biases, buffers) | | raw | {n:,} | | | | | | "
                 f"{self.raw_bytes:,} | {self.raw_bytes:,} | 1.0x |"
             )
+        for a in self.aliases:
+            rows.append(f"| {a.name} | {'x'.join(map(str, a.shape))} | alias of {a.target} | | | | | | | 0 | {a.bytes:,} | |")
         rows.append(f"| (header, tensor table, checksum) | | | | | | | | | 0 | {self.header_bytes:,} | |")
         nz = 100 * self.nonzeros / self.numel if self.numel else 0.0
         rows.append(
@@ -160,6 +185,7 @@ class CompressionReport:
             "header_bytes": self.header_bytes,
             "layer_bytes": self.layer_bytes,
             "raw_bytes": self.raw_bytes,
+            "alias_bytes": self.alias_bytes,
             "dense_bytes": self.dense_bytes,
             "ratio": self.ratio,
             "numel": self.numel,
@@ -170,6 +196,7 @@ class CompressionReport:
             "encode_seconds": self.encode_seconds,
             "layers": [l.as_dict() for l in self.layers],
             "raw": [r.as_dict() for r in self.raw],
+            "aliases": [a.as_dict() for a in self.aliases],
             "notes": list(self.notes),
             "unfinished": list(self.unfinished),
         }
@@ -206,4 +233,4 @@ def report_scalars(report: CompressionReport, prefix: str = "compress") -> dict[
     return out
 
 
-__all__ = ["CompressionReport", "LayerReport", "RawTensorReport", "layer_report", "report_scalars"]
+__all__ = ["AliasReport", "CompressionReport", "LayerReport", "RawTensorReport", "layer_report", "report_scalars"]
