@@ -45,3 +45,15 @@ def test_a_complete_run_records_nothing(tmp_path):
     assert (tmp_path / "m.lcz").exists()
     for name in ("conv.weight", "fc1.weight", "fc2.weight"):
         assert torch.unique(model.get_parameter(name)).numel() <= 4
+
+
+def test_bits_chosen_by_auto_are_written_into_the_export_report(tmp_path):
+    sharing = WeightSharing(bits="auto", target_bits=4.0, start_epoch=1, evaluate=False, log_histograms=False)
+    export = ExportCompressed(tmp_path / "m.lcz")
+    trainer = tiny_trainer([sharing, export], max_epochs=2)
+    trainer.fit(TinyNet(), image_data())
+    assert sharing.chosen_bits
+    (note,) = [n for n in export.report.notes if n.startswith("WeightSharing: bits='auto'")]
+    for name, bits in sharing.chosen_bits.items():
+        assert f"{name} {bits}" in note
+    assert note in export.report.table()

@@ -150,6 +150,7 @@ class ExportCompressed(Callback):
             state_dict=state,  # gzip of a gathered model would hold it whole: skipped under FSDP2
         )
         self.report.unfinished = list(unfinished)
+        self.report.notes += [f"{c.owner}: {note}" for _, c in claims(trainer, pl_module) for note in c.notes]
         rank_zero_info(
             f"ExportCompressed: {self.report.ratio:.1f}x smaller than dense: wrote {self.path} "
             f"({self.report.file_bytes:,} bytes, the real file ratio)"
