@@ -45,7 +45,12 @@ def load_checkpoint(path: str) -> Mapping[str, Any]:
 
 
 def _build(cls: type[nn.Module], hparams: Mapping[str, Any]) -> nn.Module:
-    """``cls(**hparams)``, keeping only the arguments its constructor takes (as ``load_from_checkpoint``)."""
+    """``cls(**hparams)``, keeping only the arguments its constructor takes (as ``load_from_checkpoint``).
+
+    LightningCLI stores its own bookkeeping (``_class_path``, ``_instantiator``) among the hyper-parameters;
+    those are never constructor arguments.
+    """
+    hparams = {k: v for k, v in hparams.items() if not str(k).startswith("_")}
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         hparams = {k: v for k, v in hparams.items() if k in params}
@@ -67,7 +72,8 @@ def model_from_checkpoint(model_spec: str, ckpt_path: str) -> tuple[nn.Module, l
         notes.append(
             "this checkpoint holds the DENSE weights: it was saved before LowRankFactorization factorized the "
             "model (post-hoc factorization runs when fit ends, after the last checkpoint). To export the "
-            "factorized model, add ExportCompressed to the same fit, or factorize mid-fit "
+            "factorized model, pass the factorized.ckpt LowRankFactorization wrote beside this checkpoint, add "
+            "ExportCompressed to the same fit, or factorize mid-fit "
             "(LowRankFactorization(epoch=N)) so that checkpoints hold the factors"
         )
     model.load_state_dict(state_dict)

@@ -36,6 +36,7 @@ from lightning_compress.core.kmeans import INITS
 from lightning_compress.core.sharing import GRANULARITIES, cluster_weight, codebook_size
 from lightning_compress.core.targets import Target, find_targets, per_target_value
 from lightning_compress.validation import (
+    as_config_error,
     check_choice,
     check_int,
     check_number,
@@ -87,10 +88,8 @@ def share_weights(
     """
     _check_arguments(model, bits, granularity, weighting, dataloader, loss_fn, calibration_batches, target_bits,
                      target_bytes, init, seed, max_iter, tol)
-    try:
+    with as_config_error(OWNER):
         targets = find_targets(model, include=include, exclude=exclude, types=types, owner=OWNER)
-    except ValueError as err:
-        fail(OWNER, str(err).removeprefix(f"{OWNER}: "))
     importance = _importance(model, targets, dataloader, loss_fn, calibration_batches) if weighting else {}
     cluster = {"init": init, "seed": seed, "max_iter": max_iter, "tol": tol}
     if bits == "auto":

@@ -47,7 +47,7 @@ from lightning_compress.core.metrics import top1_accuracy
 from lightning_compress.core.targets import find_targets
 from lightning_compress.errors import CompressedFileError
 from lightning_compress.tags import tag
-from lightning_compress.validation import check_choice, check_int, check_number, fail, is_number
+from lightning_compress.validation import as_config_error, check_choice, check_int, check_number, fail, is_number
 
 #: Sparsities tried by default: coarse where layers rarely care, fine where they start to.
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -184,7 +184,8 @@ def analyze_sensitivity(
         if dataloader is None:
             fail("analyze_sensitivity", "give a dataloader of (x, y) batches or an evaluate function")
         evaluate = lambda m: _accuracy(m, dataloader, max_batches)  # noqa: E731
-    targets = find_targets(model, include, exclude, types, owner="analyze_sensitivity")
+    with as_config_error("analyze_sensitivity"):
+        targets = find_targets(model, include, exclude, types, owner="analyze_sensitivity")
     was_training = model.training
     model.eval()
     curves: dict[str, list[float]] = {}
@@ -312,7 +313,8 @@ def _check_arguments(model: nn.Module, ckpt_path, fit_epochs, sparsities, tolera
     if log_dir is not None and (not isinstance(log_dir, str) or os.path.isfile(log_dir)):
         fail(OWNER, f"log_dir: expected a folder (or null for no TensorBoard run), got {log_dir!r}")
     _check_file_target("output", output)
-    find_targets(model, include, exclude, owner=OWNER)  # globs that match no layer fail here, not after training
+    with as_config_error(OWNER):  # globs that match no layer fail here, not after training
+        find_targets(model, include, exclude, owner=OWNER)
     return values
 
 

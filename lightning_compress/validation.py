@@ -11,7 +11,8 @@ A check returns the value (converted where that is its job) so a constructor rea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 from lightning_compress.errors import CompressionConfigError
@@ -136,7 +137,25 @@ def reraise_as_config_error(owner: str, name: str, err: Exception) -> NoReturn:
     fail(owner, f"{name}: {err}")
 
 
+@contextmanager
+def as_config_error(owner: str) -> Iterator[None]:
+    """A ``ValueError`` from ``core`` (a selection that matches nothing, a lazy layer) becomes the package's error.
+
+    ``core/`` has no Lightning and raises plain ``ValueError``; the user-facing layers promise
+    ``CompressionConfigError``. The message keeps its text, prefixed with ``owner`` once.
+    """
+    try:
+        yield
+    except CompressionConfigError:
+        raise
+    except ValueError as err:
+        message = str(err)
+        prefix = f"{owner}: "
+        raise CompressionConfigError(message if message.startswith(prefix) or not owner else prefix + message) from err
+
+
 __all__ = [
+    "as_config_error",
     "check_bool",
     "check_choice",
     "check_fraction",

@@ -203,9 +203,6 @@ def test_there_are_full_configs_to_fit():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "export_cli._build passes LightningCLI's '_class_path'/'_instantiator' hyper-parameters to LeNet300100(**kwargs) "
-    "(TypeError: unexpected keyword '_class_path'): drop hparams whose name starts with '_'. Delete this mark then."))
 def test_documented_export_command_reads_the_quickstart_checkpoint(workdir, tmp_path, monkeypatch, capsys):
     """docs/cli.md's ``lightning-compress-export ... runs/quickstart/checkpoints/last.ckpt`` after the quickstart."""
     import shlex

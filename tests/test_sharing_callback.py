@@ -621,3 +621,22 @@ def test_steps_reuse_one_index_and_state_is_one_byte_per_weight(tmp_path):
     weights = sum(e["assignment"].numel() for e in state.values())
     floats = sum(e["centroids"].numel() for e in state.values())
     assert per_weight == pytest.approx((weights + 4 * floats) / weights)
+
+
+def test_version_1_state_with_one_dimensional_codebooks_resumes(tmp_path):
+    """Checkpoints written before grouped codebooks: ``(k,)`` centroids, no rows_per_group, version 1."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    first = WeightSharing(3, start_epoch=0, evaluate=False)
+    make_trainer(tmp_path, [first], max_epochs=1).fit(model, loaders()[0])
+    v1 = {"version": 1, "accuracy_before": None, "accuracy_after": None,
+          "layers": {n: {"bits": e["bits"], "centroids": e["centroids"].reshape(-1), "assignment": e["assignment"]}
+                     for n, e in first.state_dict()["layers"].items()}}
+    second = WeightSharing(3, start_epoch=0, evaluate=False)
+    second.load_state_dict(v1)
+    checker = GroupChecker(second, {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()})
+    make_trainer(tmp_path, [second, checker], max_epochs=1).fit(model, loaders()[0])
+    assert checker.checked_steps == 6
+    for name, entry in v1["layers"].items():
+        shared = second.codebooks[name]
+        assert shared.groups == 1 and torch.equal(shared.assignment, entry["assignment"])  # not clustered again

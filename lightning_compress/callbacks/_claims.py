@@ -38,6 +38,8 @@ class Claim:
     #: Human-readable notes on what did not complete (``"fc1.weight: 43.8% sparse, 50% asked"``): filled in
     #: once the fit ended early (``max_steps``, ``EarlyStopping``, an interrupt); empty when all is done.
     unfinished: tuple[str, ...] = ()
+    #: What the callback decided that a report should show (``"bits='auto' chose fc1.weight 3, fc2.weight 5"``).
+    notes: tuple[str, ...] = ()
 
     def pending(self) -> dict[str, tuple[float, float]]:
         """The layers still to be changed in this fit."""

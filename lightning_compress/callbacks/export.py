@@ -67,8 +67,9 @@ class ExportCompressed(Callback):
 
     Args:
         path: file to write (``~`` is expanded; its folder is created). Only global rank zero writes it.
-        include / exclude: globs of weight tensors to compress / store raw (default: the callbacks' default
-            selection, plus every tensor a compression callback compressed).
+        include: globs of weight tensors to compress (default: the callbacks' default selection, plus every
+            tensor a compression callback compressed).
+        exclude: globs of tensors to store raw.
         keep_negative_zero: store -0.0 exactly instead of as +0.0 (see ``format/layer.py``).
         compare_gzip: also measure the gzip'd ``state_dict`` for the report (slow on big models; off by default).
         require_complete: refuse to write when a compression schedule did not finish (``max_steps``,

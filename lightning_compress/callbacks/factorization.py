@@ -37,6 +37,8 @@ Logged: ``compress/lowrank/acc_before|acc_after|acc_finetuned`` (validation top-
 
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 from collections.abc import Mapping
@@ -61,7 +63,7 @@ from lightning_compress.callbacks._plumbing import carry_step_hooks
 from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.core import lowrank
 from lightning_compress.core.targets import Target, find_targets, per_target_value
-from lightning_compress.validation import check_bool, check_int, fail, reraise_as_config_error
+from lightning_compress.validation import as_config_error, check_bool, check_int, fail, reraise_as_config_error
 
 _OWNER = "LowRankFactorization"
 #: Top-level checkpoint key holding the plan (list of dicts), readable without the callback.
@@ -87,8 +89,10 @@ class LowRankFactorization(Callback):
         param_ratio: target factorized/dense weight count per layer in (0, 1), or a mapping.
         epoch: ``None`` factorizes at the end of training (post-hoc); an int factorizes at the start of that
             epoch, and the remaining epochs fine-tune the factors.
-        include, exclude, types: layer selection as everywhere in this package (default types: linear, conv2d;
-            other types are skipped with a message).
+        include: globs of the layers to factorize (default: every layer of ``types``).
+        exclude: globs of layers to keep dense.
+        types: ``"linear"`` (truncated SVD) and ``"conv2d"`` (Tucker-2), the default; other types are skipped
+            with a message.
         hooi_iters: HOOI refinement sweeps after the HOSVD initialisation of Tucker-2 (0 = HOSVD only).
         force: factorize layers that already look pruned (exact zeros) or shared (few distinct values).
         evaluate: measure validation accuracy just before/after factorizing and after fine-tuning.
@@ -261,10 +265,8 @@ class LowRankFactorization(Callback):
         return lowrank.RankRule(self.rule_kind, tuple(value) if isinstance(value, (list, tuple)) else value)
 
     def _selected(self, model: nn.Module) -> list[Target]:
-        try:
+        with as_config_error(_OWNER):
             return find_targets(model, self.include, self.exclude, self.types, owner=_OWNER)
-        except ValueError as err:
-            fail("", str(err))
 
     def _candidates(self, model: nn.Module) -> list[Target]:
         """Selected Linear/Conv2d layers that are not factors already and not tied (quiet: no messages)."""
@@ -369,10 +371,7 @@ class LowRankFactorization(Callback):
         first_batch = None
         if record_shapes is not None:
             plan, shapes = record_shapes
-
-            def first_batch():
-                return _shape_hooks(pl_module, plan, shapes)
-
+            first_batch = functools.partial(_shape_hooks, pl_module, plan, shapes)
         return validation_accuracy(trainer, pl_module, _OWNER, self.eval_batches, first_batch)
 
     @staticmethod

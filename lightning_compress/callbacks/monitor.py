@@ -43,7 +43,7 @@ from lightning_compress.callbacks._strategy import refuse_sharded_strategy
 from lightning_compress.core.metrics import is_classification
 from lightning_compress.core.stats import ModelStats, model_stats
 from lightning_compress.core.targets import Target, find_targets
-from lightning_compress.validation import check_bool, fail
+from lightning_compress.validation import as_config_error, check_bool, fail
 
 _OWNER = "CompressionMonitor"
 Task = Literal["classification", "language_model", "other"]
@@ -55,8 +55,10 @@ class CompressionMonitor(Callback):
     """Log sparsity, bits, estimated size and ratio, and accuracy or perplexity during fit.
 
     Args:
-        include, exclude, types: which layers count as compressible (default: every weight matrix, as
-            everywhere in this package).
+        include: globs of the layers that count as compressible (default: every weight matrix, as everywhere
+            in this package).
+        exclude: globs of layers left out of the statistics.
+        types: layer types that count (``"linear"``, ``"conv"``, ``"embedding"``, ... or classes).
         accuracy_key: metric the module logs itself; when it never appears, accuracy is computed here with
             torchmetrics from classification batches ``(x, y)``.
         loss_key: the validation loss (mean cross-entropy in nats) the module logs; a language model's
@@ -98,10 +100,8 @@ class CompressionMonitor(Callback):
     # -- measuring ---------------------------------------------------------------------------------
     def targets(self, model: torch.nn.Module) -> list[Target]:
         """The selected layers (the package's one selection; ``CompressionConfigError`` when it is wrong)."""
-        try:
+        with as_config_error(_OWNER):
             return find_targets(model, self.include, self.exclude, self.types, owner=_OWNER)
-        except ValueError as err:
-            fail("", str(err))
 
     def measure(self, model: torch.nn.Module) -> ModelStats:
         """Statistics of ``model``'s selected layers (re-selected each time: factorization may change them)."""

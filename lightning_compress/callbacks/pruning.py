@@ -56,7 +56,7 @@ from lightning_compress.core.sharded_masks import apply_rule, local_masks, non_f
 from lightning_compress.core.targets import Target, find_targets, per_target_value
 from lightning_compress.schedules.reach import last_progress
 from lightning_compress.schedules.sparsity import SparsitySchedule, make_schedule
-from lightning_compress.validation import check_bool, check_choice, check_fraction, check_number, fail
+from lightning_compress.validation import as_config_error, check_bool, check_choice, check_fraction, check_number, fail
 
 _OWNER = args.OWNER
 #: Without ``end_epoch``, the ramp ends after this fraction of ``max_epochs`` (the rest fine-tunes).
@@ -93,8 +93,12 @@ class GradualMagnitudePruning(Callback):
         sensitivity: Han's ``q``, a float or ``{glob: float}`` (per-layer sensitivity); ``criterion="std"`` only.
         structure: ``"N:M"`` (e.g. ``"2:4"``): keep N of every M consecutive input weights; the ramp goes
             from M to N kept per group.
-        include, exclude: globs over parameter or module names; ``types``: layer types (default Linear and
-            Conv/ConvTranspose weights); ``param_names``: which parameters of those modules (``["weight", "bias"]``).
+        include: globs over parameter or module names of the layers to prune (``"fc*"``); default: every
+            layer of ``types``.
+        exclude: globs of layers to leave dense (applied after ``include``).
+        types: layer types (``"linear"``, ``"conv"``, ``"embedding"``, ``"attention"``, ``"rnn"``, ... or classes);
+            default: every weight matrix (Linear, Conv/ConvTranspose, Embedding, attention, RNN weights).
+        param_names: which parameters of those modules (``["weight", "bias"]`` for biases too).
         log_layers: log per-layer sparsity at every update (global values are always logged).
         prog_bar: show the current global sparsity as ``sparsity`` in the progress bar.
     """
@@ -291,7 +295,8 @@ class GradualMagnitudePruning(Callback):
 
     # ---------------------------------------------------------------- schedule and progress
     def _find_targets(self, pl_module: pl.LightningModule) -> list[Target]:
-        return find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)
+        with as_config_error(_OWNER):
+            return find_targets(pl_module, self.include, self.exclude, self.types, self.param_names, owner=_OWNER)
 
     def _build_schedule(self, trainer: pl.Trainer) -> SparsitySchedule:
         if isinstance(self.schedule_spec, SparsitySchedule):

@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_compress.callbacks._claims import Claim, claims
@@ -64,7 +64,8 @@ from lightning_compress.core.bit_allocation import allocate_bits, budget_for_ave
 from lightning_compress.core.distributed import full_tensor, local_tensor, shard_count
 from lightning_compress.core.sharing import SharedWeight, cluster_weight, codebook_size, rows_per_group
 from lightning_compress.core.targets import Target, find_targets, per_target_value
-from lightning_compress.validation import fail
+from lightning_compress.schedules.reach import last_progress
+from lightning_compress.validation import as_config_error, fail
 
 #: Deep Compression's choice for AlexNet/LeNet-5: 8 bits for conv layers, 5 for fully connected ones.
 DEFAULT_CONV_BITS = 8
@@ -85,7 +86,10 @@ class WeightSharing(Callback):
             0 clusters all layers at once.
         init: k-means initialisation: ``linear`` (default, the paper's best), ``density``, ``random``, ``kmeans++``.
         reduction: centroid gradient, ``sum`` (default, the paper) or ``mean`` of the member gradients.
-        include, exclude, types: layer selection (see ``core.targets.find_targets``).
+        include: globs over parameter or module names of the layers to share (default: every layer of ``types``).
+        exclude: globs of layers to keep unshared (applied after ``include``).
+        types: layer types (``"linear"``, ``"conv"``, ``"embedding"``, ``"attention"``, ``"rnn"``, ... or classes);
+            default: every weight matrix (see ``core.targets.find_targets``).
         max_iter, tol, seed: k-means settings (``seed`` for the sampled inits).
         evaluate: measure validation accuracy just before and just after clustering.
         eval_batches: validation batches used for that measurement (``None``: all).
@@ -147,6 +151,7 @@ class WeightSharing(Callback):
         self._synced: set[int] = set()  # ids of optimizers whose state is uniform inside every cluster
         self._scan_zeros = True
         self._pruning_live = False
+        self._unfinished: tuple[str, ...] = ()
         self.accuracy_before: float | None = None
         self.accuracy_after: float | None = None
 
@@ -163,10 +168,17 @@ class WeightSharing(Callback):
 
     def describe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Claim:
         """What this callback does: cluster each selected layer once (start == end), in epochs or steps."""
-        targets = self.targets or find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
+        targets = self.targets or self._find_targets(pl_module)
         times = self.schedule.times([t.name for t in targets])
+        chosen = ", ".join(f"{name} {bits}" for name, bits in self.chosen_bits.items())
+        notes = (f"bits='auto' (target {self.target_bits:g} bits per weight) chose: {chosen}",) if chosen else ()
         return Claim(owner=OWNER, kind="share", unit=self.schedule.unit,
-                     layers={name: (float(t), float(t)) for name, t in times.items()}, done=frozenset(self._layers))
+                     layers={name: (float(t), float(t)) for name, t in times.items()}, done=frozenset(self._layers),
+                     unfinished=self._unfinished, notes=notes)
+
+    def _find_targets(self, pl_module: pl.LightningModule) -> list[Target]:
+        with as_config_error(OWNER):
+            return find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
 
     # -- hooks, in the order a fit calls them ----------------------------------------------------------
     @override
@@ -176,7 +188,8 @@ class WeightSharing(Callback):
             fail(OWNER, "weighting='fisher' is not supported under ModelParallelStrategy (its calibration "
                         "backward bypasses FSDP2's gradient reduction); use weighting=None or strategy='ddp'")
         check_compression_callbacks(trainer, pl_module, self, stage)
-        self.targets = find_targets(pl_module, self.include, self.exclude, self.types, owner=OWNER)
+        self.targets = self._find_targets(pl_module)
+        self._unfinished = ()
         current = {t.name: t.param for t in self.targets}
         stale = [name for name, layer in self._layers.items() if current.get(name) is not layer.param]
         if stale:  # reused on another model: its layers are not shared yet, start afresh
@@ -207,6 +220,7 @@ class WeightSharing(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         check_mixed_units(trainer, pl_module)  # pruning in epochs vs sharing in steps (or the reverse): now comparable
+        self._warn_if_max_steps_stops_it(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -254,6 +268,14 @@ class WeightSharing(Callback):
                     log_histogram(trainer, tag("sharing", "centroids", name), layer.shared.centroids)
 
     @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._note_unfinished(trainer)  # before every on_fit_end, so ExportCompressed sees it in describe()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._note_unfinished(trainer)
+
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._layers:
             log_text(trainer, tag("sharing", "codebooks"), self._codebook_text())
@@ -272,6 +294,47 @@ class WeightSharing(Callback):
             "accuracy_before": self.accuracy_before,
             "accuracy_after": self.accuracy_after,
         }
+
+    # -- runs cut short ----------------------------------------------------------------------------------
+    def _warn_if_max_steps_stops_it(self, trainer: pl.Trainer) -> None:
+        """Warn before the first step when ``max_steps`` ends the fit before a layer is clustered.
+
+        (``max_epochs`` is checked by the conflict rules at setup; this adds the limit they cannot see.)
+        """
+        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+        if max_steps is None:
+            return
+        batches, accumulate = trainer.num_training_batches, trainer.accumulate_grad_batches
+        by_steps = last_progress(self.schedule.unit, batches, accumulate, max_steps=max_steps)
+        max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        by_epochs = last_progress(self.schedule.unit, batches, accumulate, max_epochs=max_epochs)
+        if by_steps is None:
+            return
+        times = self.schedule.times([t.name for t in self.targets])
+        late = {name: time for name, time in times.items() if name not in self._layers and time > by_steps
+                and (by_epochs is None or time <= by_epochs)}
+        if late:
+            unit = self.schedule.unit
+            rank_zero_warn(f"{OWNER}: max_steps={max_steps} ends this fit at {unit} {by_steps:g}, before "
+                           f"{list(late)} are clustered (at {unit} {next(iter(late.values())):g}); those layers "
+                           "will not be shared in this fit")
+
+    def _note_unfinished(self, trainer: pl.Trainer) -> None:
+        """At the end of training: layers never clustered are warned about and recorded for the export."""
+        pending = [t for t in self.targets if t.name not in self._layers]
+        if not pending or self._unfinished:
+            return
+        times = self.schedule.times([t.name for t in self.targets])
+        unit = self.schedule.unit
+        notes = []
+        for t in pending:
+            values = int(torch.unique(local_tensor(t.param).detach()).numel())
+            asked = f", at most {2 ** self._bits[t.name]} asked" if t.name in self._bits else ""
+            notes.append(f"{t.name}: not clustered (due at {unit} {times[t.name]:g}; {values} distinct values{asked})")
+        self._unfinished = tuple(notes)
+        text = f"{OWNER}: training stopped before every layer was clustered: " + "; ".join(notes)
+        rank_zero_warn(text)
+        log_text(trainer, tag("unfinished", "sharing"), text)
 
     # -- clustering ----------------------------------------------------------------------------------
     def _cluster_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: int) -> None:
