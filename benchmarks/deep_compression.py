@@ -35,18 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from _common import ROOT, meta, parser, result_path, write_json
+from _recipe_run import run_recipe
 
-import torch  # noqa: E402
-from _common import ROOT, meta, parser, result_path, write_json  # noqa: E402
-from _recipe_run import run_recipe  # noqa: E402
-
-from lightning_compress.core import masks  # noqa: E402
-from lightning_compress.core.metrics import top1_accuracy  # noqa: E402
-from lightning_compress.core.sharing import cluster_weight  # noqa: E402
-from lightning_compress.core.targets import find_targets, per_target_value  # noqa: E402
-from lightning_compress.export import load_compressed, save_compressed  # noqa: E402
-from lightning_compress.sensitivity import analyze_sensitivity  # noqa: E402
+from lightning_compress.core import masks
+from lightning_compress.core.metrics import top1_accuracy
+from lightning_compress.core.sharing import cluster_weight
+from lightning_compress.core.targets import find_targets, per_target_value
+from lightning_compress.export import load_compressed, save_compressed
+from lightning_compress.sensitivity import analyze_sensitivity
 
 NETS = {
     "lenet300100": ROOT / "examples" / "configs" / "deep_compression_lenet300100_fashion_mnist.yaml",

@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lightning.pytorch as pl
+import torch
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
+from torch import nn
 
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
-from _common import meta, parser, result_path, trainer as quiet_trainer, write_json  # noqa: E402
-from torch import nn  # noqa: E402
-
-from lightning_compress import LowRankFactorization  # noqa: E402
-from lightning_compress.core.metrics import top1_accuracy  # noqa: E402
-from lightning_compress.zoo.data import FashionMNISTDataModule  # noqa: E402
-from lightning_compress.zoo.models import LeNet5, LeNet300100  # noqa: E402
+from lightning_compress import LowRankFactorization
+from lightning_compress.core.metrics import top1_accuracy
+from lightning_compress.zoo.data import FashionMNISTDataModule
+from lightning_compress.zoo.models import LeNet5, LeNet300100
 
 
 def accuracy(model: nn.Module, loader) -> float:

@@ -19,15 +19,12 @@ Writes ``benchmarks/results/global_pruning_memory.json`` (``..._quick.json`` wit
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, meta, parser, result_path, write_json
 
 CHILD = r"""
 import json, resource, sys, time, torch
@@ -75,7 +72,7 @@ def cat_kthvalue(weights, sparsity, masks):
     return [m & (w.abs() > threshold) for w, m in zip(weights, masks)]
 
 layers, per_layer, sparsity, method = {layers}, {per_layer}, {sparsity}, {method!r}
-g = torch.Generator().manual_seed(0)
+g = torch.Generator().manual_seed({seed})
 weights = [torch.randn(per_layer, generator=g) for _ in range(layers)]
 masks = [torch.ones(per_layer, dtype=torch.bool) for _ in range(layers)]
 if method == "callback":
@@ -92,23 +89,25 @@ print(json.dumps({{"method": method, "peak_extra_mib": peak, "wall_s": wall, "cp
 """
 
 
-def measure(method: str, layers: int, per_layer: int, sparsity: float) -> dict:
-    source = CHILD.format(root=str(ROOT), layers=layers, per_layer=per_layer, sparsity=sparsity, method=method)
+def measure(method: str, layers: int, per_layer: int, sparsity: float, seed: int = 0) -> dict:
+    source = CHILD.format(root=str(ROOT), layers=layers, per_layer=per_layer, sparsity=sparsity, method=method,
+                          seed=seed)
     proc = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, check=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"})
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10M weights in 10 layers instead of 100M in 20")
-    parser.add_argument("--sparsity", type=float, default=0.9)
-    args = parser.parse_args(argv)
+    ap = parser(__doc__, quick_help="10M weights in 10 layers instead of 100M in 20")
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    args = ap.parse_args(argv)
+    if len(args.seeds) != 1:
+        ap.error("--seeds: one seed (of the random weights) per call")
     layers, per_layer = (10, 1_000_000) if args.quick else (20, 5_000_000)
     n = layers * per_layer
     rows = []
     for method in ("histogram_select", "cat_kthvalue", "callback"):
-        row = measure(method, layers, per_layer, args.sparsity)
+        row = measure(method, layers, per_layer, args.sparsity, args.seeds[0])
         exact = method != "cat_kthvalue"  # the reference prunes every tie of its threshold
         assert row["pruned"] == round(args.sparsity * n) if exact else abs(row["pruned"] - args.sparsity * n) <= 1e-5 * n, row
         rows.append(row)
@@ -124,13 +123,10 @@ def main(argv=None) -> None:
     print(f"ratio callback / cat_kthvalue: cpu time {callback['cpu_s'] / ref['cpu_s']:.2f}x, "
           f"wall time {callback['wall_s'] / ref['wall_s']:.2f}x, peak memory "
           f"{callback['peak_extra_mib'] / ref['peak_extra_mib']:.2f}x")
-    out = ROOT / "benchmarks" / "results" / f"global_pruning_memory{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    out = write_json(result_path(args, "global_pruning_memory"), {
         "quick": args.quick, "weights": n, "layers": layers, "sparsity": args.sparsity,
-        "weights_mib": weights_mib, "new_masks_mib": masks_mib, "rows": rows,
-        "torch": __import__("torch").__version__, "machine": platform.platform(),
-    }, indent=2))
+        "weights_mib": weights_mib, "new_masks_mib": masks_mib, "rows": rows, "meta": meta(args),
+    })
     print(f"wrote {out}")
 
 

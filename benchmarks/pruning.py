@@ -17,45 +17,35 @@
 Writes ``benchmarks/results/pruning.json`` (``pruning_quick.json`` with ``--quick``). ``fit_seconds`` is wall
 time and only meaningful on an otherwise idle machine. Runs committed so far (2 shared CPU cores):
 ``pruning.json`` = ``--epochs 6 --train-limit 20000 --timing-reps 2 --resnet-steps 6``;
-``pruning_fashion_10ep.json`` = ``--epochs 10 --skip-timing --out ...`` (full 55k training split).
-``pruning_timing.json`` = ``--skip-accuracy --timing-reps 3 --resnet-steps 8 --out ...`` (a second timing run;
+``pruning_fashion_10ep.json`` = ``--epochs 10 --skip-timing --tag _fashion_10ep`` (full 55k training split).
+``pruning_timing.json`` = ``--skip-accuracy --timing-reps 3 --resnet-steps 8 --tag _timing`` (a second timing run;
 the spread between the two, a few percent, is the machine's noise).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
 from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_compress import GradualMagnitudePruning
+from lightning_compress.schedules import CubicSchedule, PolynomialSchedule
+from lightning_compress.zoo import LeNet300100
+from lightning_compress.zoo.data import FashionMNISTDataModule
 
-from lightning_compress import GradualMagnitudePruning  # noqa: E402
-from lightning_compress.schedules import CubicSchedule, PolynomialSchedule  # noqa: E402
-from lightning_compress.zoo import LeNet300100  # noqa: E402
-from lightning_compress.zoo.data import FashionMNISTDataModule  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 SPARSITIES = (0.90, 0.95, 0.98)
 
 
 def trainer(callbacks, max_epochs=None, max_steps=-1, **kw) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, max_steps=max_steps, callbacks=callbacks,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, **kw,
-    )
+    return quiet_trainer(max_epochs, callbacks, max_steps=max_steps, **kw)
 
 
 # ------------------------------------------------------------------------------------------- accuracy
@@ -78,7 +68,7 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def run_accuracy(method: str, sparsity: float, args, dm) -> dict:
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(args.seeds[0], verbose=False)
     model = LeNet300100(optimizer="sgd", lr=args.lr, momentum=0.9, weight_decay=1e-4, lr_scheduler="cosine")
     ramp = max(1, round(args.epochs * args.ramp))
     if not args.start <= ramp:
@@ -237,8 +227,8 @@ def random_loader(shape, n: int, batch: int) -> DataLoader:
 
 # ------------------------------------------------------------------------------------------- main
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 epochs on 6k images, few timed steps")
+    p = parser(__doc__, quick_help="smoke run: 2 epochs on 3k images, few timed steps")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--ramp", type=float, default=0.6, help="fraction of epochs spent pruning (rest fine-tunes)")
     p.add_argument("--update-every", type=float, default=0.1, help="our mask update period, in epochs")
@@ -253,16 +243,15 @@ def main() -> None:
     p.add_argument("--start", type=float, default=1.0, help="epoch at which pruning starts (both methods)")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tag", default="", help="suffix of the result file name (pruning{tag}[_quick].json)")
     args = p.parse_args()
+    if len(args.seeds) != 1:
+        p.error("--seeds: this script runs one seed per call (use --tag to keep runs apart)")
     if args.quick:
         args.epochs, args.train_limit, args.test_limit = 2, args.train_limit or 3000, args.test_limit or 2000
         args.start, args.timing_reps, args.resnet_steps = 0.5, 1, 3
     torch.set_num_threads(args.threads)
-    out = args.out or RESULTS / ("pruning_quick.json" if args.quick else "pruning.json")
-    report: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "torch": torch.__version__, "lightning": pl.__version__, "machine": platform.platform(),
-                    "cpu_threads": torch.get_num_threads()}
+    report: dict = {"meta": meta(args)}
 
     if not args.skip_accuracy:
         dm = FashionMNISTDataModule(batch_size=args.batch_size, train_limit=args.train_limit,
@@ -298,8 +287,7 @@ def main() -> None:
                       f"{r['ratio_cpu_vs_dense'][k]:>8.3f}{r['ratio_wall_vs_dense'][k]:>12.3f}")
             print(f"{'':<36}{'ours: one mask update':<24}{1000 * r['ours_mask_update_cpu_s_median']:>10.2f}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out = write_json(result_path(args, f"pruning{args.tag}"), report)
     print(f"\nwrote {out}")
 
 

@@ -38,7 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, meta, parser, write_json  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+from _common import ROOT, meta, parser, trainer as quiet_trainer, write_json
+
 #: name -> (d, ffn, blocks); weights = blocks * 2 * d * ffn
 SIZES = {
     "q1": (256, 688, 4),
@@ -57,12 +58,12 @@ def weights_of(size: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- child process
-def _build(size: str):
+def _build(size: str, seed: int = 0):
     import torch
     from torch import nn
 
     d, ffn, blocks = SIZES[size]
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     layers = nn.ModuleList()
     for _ in range(blocks):
         for shape in ((ffn, d), (d, ffn)):
@@ -118,8 +119,7 @@ def _steps(layers, pruning: bool, steps: int = 4, warmup: int = 2) -> dict:
     cb = GradualMagnitudePruning(SPARSITY, schedule="constant", prog_bar=False, log_layers=False) if pruning else None
     if cb is not None:
         callbacks.insert(0, cb)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps + warmup, callbacks=callbacks, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer(None, callbacks, max_steps=steps + warmup)
     trainer.fit(_module(layers), data)
     timed = times[warmup:]
     out = {"step_wall_s": statistics.median(t[0] for t in timed), "step_cpu_s": statistics.median(t[1] for t in timed),
@@ -194,12 +194,11 @@ def _done(before: tuple[float, float, int], extra: dict) -> dict:
             "peak_extra_mib": (peak - rss) / 1024, "rss_before_mib": rss / 1024, **extra}
 
 
-def child(size: str, phases: str, threads: int) -> None:
+def child(size: str, phases: str, threads: int, seed: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(ROOT))
-    layers = _build(size)
+    layers = _build(size, seed)
     with tempfile.TemporaryDirectory() as workdir:
         for phase in phases.split(","):  # one per process, except in --quick (all in order)
             print(json.dumps({"phase": phase, **_phase(phase, layers, workdir)}), flush=True)
@@ -221,7 +220,7 @@ def available_bytes() -> int:
     return 0
 
 
-def run(size: str, phases: list[str], threads: int) -> list[dict]:
+def run(size: str, phases: list[str], threads: int, seed: int = 0) -> list[dict]:
     need = max(NEED.get(p, 1.5) for p in phases) * weights_of(size) * 4 + 2 * 2**30  # + 2 GiB headroom
     free = available_bytes()
     if free and need > free:
@@ -229,7 +228,8 @@ def run(size: str, phases: list[str], threads: int) -> list[dict]:
                 for p in phases]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MALLOC_MMAP_THRESHOLD_": "131072",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, __file__, "--child", size, ",".join(phases), "--threads", str(threads)],
+    proc = subprocess.run([sys.executable, __file__, "--child", size, ",".join(phases), "--threads", str(threads),
+                           "--seeds", str(seed)],
                           capture_output=True, text=True, env=env)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode:
@@ -281,8 +281,10 @@ def main(argv=None) -> None:
     ap.add_argument("--markdown", nargs="+", type=Path, help="print committed result files as a Markdown table")
     ap.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if len(args.seeds) != 1:
+        ap.error("--seeds: one seed (of the random weights) per call")
     if args.child:
-        child(*args.child, args.threads)
+        child(*args.child, args.threads, args.seeds[0])
         return
     if args.markdown:
         print(markdown(args.markdown))
@@ -294,7 +296,7 @@ def main(argv=None) -> None:
         # a phase's peak counts only what it adds above the phases before it
         groups = [args.phases] if args.quick else [[p] for p in args.phases]
         for phases in groups:
-            for result in run(size, phases, args.threads):
+            for result in run(size, phases, args.threads, args.seeds[0]):
                 row = {"size": size, "weights": weights_of(size), **result}
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)

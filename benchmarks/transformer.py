@@ -29,11 +29,9 @@ Results go to ``benchmarks/results/transformer[_quick][_<models>].json`` and a t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,18 +40,16 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from _common import meta, parser, trainer as quiet_trainer, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lightning_compress import (  # noqa: E402
+from lightning_compress import (
     GradualMagnitudePruning,
     LowRankFactorization,
     WeightSharing,
     model_stats,
     save_compressed,
 )
-from lightning_compress.zoo import FashionMNISTDataModule, ResNet, TextDataModule, TinyGPT  # noqa: E402
+from lightning_compress.zoo import FashionMNISTDataModule, ResNet, TextDataModule, TinyGPT
 
 BITS = (8, 6, 4, 3)
 
@@ -112,10 +108,8 @@ def callbacks_for(method: str, cfg: dict, bits: int | None) -> list:
 
 
 def trainer_for(cfg: dict, callbacks: list, epochs: int | None = None, batches: int | None = None) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs or cfg["epochs"], limit_train_batches=batches or cfg["batches"],
-                      limit_val_batches=cfg["val_batches"], limit_test_batches=cfg["val_batches"], accelerator="cpu",
-                      devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks)
+    return quiet_trainer(epochs or cfg["epochs"], callbacks, limit_train_batches=batches or cfg["batches"],
+                         limit_val_batches=cfg["val_batches"], limit_test_batches=cfg["val_batches"])
 
 
 def metric(name: str, metrics: dict, stage: str) -> float:
@@ -268,13 +262,13 @@ def merge(paths: list[str], out: Path) -> None:
     rows = [r for d in parts for r in d["runs"]]
     timing = next((d["step_time"] for d in parts if d.get("step_time")), None)
     summary = summarize(rows)
-    meta = dict(parts[0]["meta"], merged_from=[Path(p).name for p in paths],
+    merged = dict(parts[0]["meta"], merged_from=[Path(p).name for p in paths],
                 setups={k: v for d in parts for k, v in d["meta"]["setups"].items()},
                 wall_s=sum(d["meta"]["wall_s"] for d in parts))
-    result = dict(meta=meta, chosen_bits={k: v for d in parts for k, v in d["chosen_bits"].items()},
+    result = dict(meta=merged, chosen_bits={k: v for d in parts for k, v in d["chosen_bits"].items()},
                   summary=summary, goals=goals(summary, timing), step_time=timing,
-                  structure={n: structure(n, cfg) for n, cfg in meta["setups"].items()}, runs=rows)
-    out.write_text(json.dumps(result, indent=1))
+                  structure={n: structure(n, cfg) for n, cfg in merged["setups"].items()}, runs=rows)
+    write_json(out, result)
     print(table(summary))
     print(json.dumps(result["goals"], indent=1))
     print(f"wrote {out}")
@@ -292,20 +286,18 @@ def table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny models, one seed, a few steps (< 1 min)")
+    p = parser(__doc__, quick_help="tiny models, one seed (0), a few steps (< 1 min)", seeds=(0, 1, 2))
+    p.set_defaults(seeds=None)  # 0 1 2, or 0 alone with --quick
     p.add_argument("--models", default="tinygpt,resnet", help="comma-separated: tinygpt, resnet")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 3; quick 1)")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/transformer*.json)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="combine per-model result files into one (--out, default transformer.json) and exit")
+                   help="combine per-model result files into <out>/transformer.json and exit")
     args = p.parse_args(argv)
     if args.merge:
-        merge(args.merge, Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "transformer.json")
+        merge(args.merge, args.out / "transformer.json")
         return 0
     torch.set_num_threads(1)  # CPU time per step comparable between runs on a shared machine
     mode = "quick" if args.quick else "full"
-    seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     wall = time.time()
     rows: list[dict] = []
@@ -330,15 +322,12 @@ def main(argv=None) -> int:
         print(f"TinyGPT step CPU time: dense {timing['dense_step_cpu_s'] * 1e3:.1f} ms, pruning + sharing "
               f"{timing['compressed_step_cpu_s'] * 1e3:.1f} ms -> {timing['overhead']:.3f}x")
     result = dict(
-        meta=dict(benchmark="transformer", mode=mode, quick=args.quick, seeds=len(seeds), torch=torch.__version__,
-                  python=platform.python_version(), machine=platform.machine(), threads=1,
+        meta=meta(args, benchmark="transformer", mode=mode, seeds=len(seeds), seed_values=seeds, threads=1,
                   wall_s=time.time() - wall, setups={n: SETUPS[n][mode] for n in names}),
         chosen_bits=chosen, summary=summary, goals=goals(summary, timing), step_time=timing, runs=rows,
     )
     suffix = ("_quick" if args.quick else "") + ("" if len(names) == 2 else "_" + "_".join(names))
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"transformer{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(args.out / f"transformer{suffix}.json", result)
     print(f"wrote {out} in {time.time() - wall:.0f} s")
     return 0
 

@@ -218,7 +218,7 @@ def render_pruning() -> str:
 
 def render_pruning_file(path: Path) -> str:
     data = load(path)
-    cfg = data.get("config", {})
+    cfg = data.get("config") or data.get("meta", {}).get("args", {})  # older files: "config"; _common: meta.args
     out = [source(path, data) + f" LeNet-300-100, Fashion-MNIST, {cfg.get('epochs', 'n/a')} epochs per run.", ""]
     by_target: dict[float, dict[str, dict]] = {}
     for r in data.get("accuracy", []):

@@ -6,10 +6,10 @@ import hashlib
 import urllib.error
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_trainer
 
 from lightning_compress.zoo import data as data_mod
 from lightning_compress.zoo.data import DatasetNotFoundError, DigitsDataModule, FashionMNISTDataModule, MNISTDataModule
@@ -298,8 +298,7 @@ def test_digits_test_split_fixed_across_seeds_val_split_not():
 def test_digits_end_to_end_through_lenet300100():
     dm = DigitsDataModule(batch_size=32, train_limit=64, val_limit=32)
     model = LeNet300100()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = tiny_trainer(max_epochs=1)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 2
     assert dm.hparams.train_limit == 64 and dm.hparams.val_size == 0.2  # saved for checkpoints and loggers

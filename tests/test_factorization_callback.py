@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
+from helpers import tiny_trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -51,10 +52,7 @@ class CaptureLogger(Logger):
 
 
 def _trainer(callbacks, max_epochs=1, logger=False, **kw):
-    return pl.Trainer(
-        accelerator="cpu", max_epochs=max_epochs, callbacks=callbacks, logger=logger, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kw,
-    )
+    return tiny_trainer(callbacks, max_epochs, logger=logger, **kw)
 
 
 def test_validation_of_arguments():
@@ -343,9 +341,8 @@ def test_dense_checkpoint_loads_back_into_a_posthoc_factorized_model(tmp_path):
     torch.manual_seed(0)
     train, val = _loaders(n=64)
     model = LeNet300100(in_features=64, lr_scheduler="none")
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
-                         callbacks=[LowRankFactorization(rank=4, evaluate=False)])
+    trainer = tiny_trainer([LowRankFactorization(rank=4, evaluate=False)], 1, enable_checkpointing=True,
+                           default_root_dir=tmp_path)
     trainer.fit(model, train, val)
     assert isinstance(model.fc1, LowRankLinear)
     ckpt = trainer.checkpoint_callback.best_model_path  # written before on_train_end: dense

@@ -11,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from helpers import tiny_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_compress import CompressionConfigError, LowRankFactorization, load_factorized
@@ -34,11 +35,8 @@ def blobs():
     return DataLoader(TensorDataset(x, (x @ torch.randn(64, 10, generator=g)).argmax(1)), batch_size=16)
 
 
-def trainer(callbacks, **kw):
-    kw.setdefault("enable_checkpointing", False)
-    kw.setdefault("max_epochs", 1)
-    return pl.Trainer(accelerator="cpu", logger=False, callbacks=callbacks, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, **kw)
+def trainer(callbacks, max_epochs=1, **kw):
+    return tiny_trainer(callbacks, max_epochs, **kw)
 
 
 def test_attention_out_proj_factorized_keeps_attention_exact_at_full_rank():

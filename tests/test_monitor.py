@@ -4,6 +4,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from helpers import tiny_trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.nn import functional as F
@@ -54,10 +55,7 @@ def test_monitor_logs_tags_accuracy_hparams_and_table(tmp_path):
         model.fc1.weight[:, :12] = 0  # 75% sparse first layer
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
     monitor = CompressionMonitor()
-    trainer = pl.Trainer(
-        max_epochs=2, logger=logger, callbacks=[monitor], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
+    trainer = tiny_trainer([monitor], 2, logger=logger)
     trainer.fit(model, *loaders())
 
     # Accuracy computed by the monitor itself equals a direct computation.
@@ -93,10 +91,7 @@ def test_monitor_prefers_the_module_val_acc(tmp_path):
 
     model = LeNet300100(in_features=16, num_classes=3, lr=0.01)
     monitor = CompressionMonitor(print_summary=False)
-    trainer = pl.Trainer(
-        max_epochs=1, logger=False, callbacks=[monitor], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
+    trainer = tiny_trainer([monitor], 1)
     trainer.fit(model, *loaders())
     assert monitor.last_accuracy == pytest.approx(float(trainer.callback_metrics["val_acc"]))
 
@@ -127,8 +122,7 @@ def test_regression_model_logs_everything_but_accuracy(tmp_path, outputs, caplog
     data = DataLoader(TensorDataset(x, y), batch_size=8)
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
     monitor = CompressionMonitor(print_summary=False)
-    trainer = pl.Trainer(max_epochs=2, logger=logger, callbacks=[monitor], enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = tiny_trainer([monitor], 2, logger=logger)
     with caplog.at_level("INFO"):
         trainer.fit(Regression(outputs), data, data)
     assert monitor.last_accuracy is None and monitor.task == "other"
@@ -146,8 +140,7 @@ def test_language_model_gets_perplexity_from_its_loss_and_from_logits(tmp_path):
     model = TinyGPT(context=8, d_model=16, n_heads=2, n_layers=1, lr=1e-3)
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
     monitor = CompressionMonitor(print_summary=False)
-    trainer = pl.Trainer(max_epochs=1, logger=logger, callbacks=[monitor], enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = tiny_trainer([monitor], 1, logger=logger)
     trainer.fit(model, data, data)
     assert monitor.task == "language_model"
     assert monitor.last_perplexity == pytest.approx(torch.exp(trainer.callback_metrics["val_loss"]).item(), rel=1e-5)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from helpers import tiny_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_compress import GradualMagnitudePruning
@@ -35,12 +36,7 @@ def model(**kw) -> LeNet300100:
 
 
 def trainer(callbacks, max_epochs=3, **kw) -> pl.Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, callbacks=callbacks, enable_progress_bar=False,
-        enable_model_summary=False, deterministic=True, **kw,
-    )
+    return tiny_trainer(callbacks, max_epochs, deterministic=True, **kw)
 
 
 class ZeroProbe(Callback):
