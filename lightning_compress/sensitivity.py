@@ -47,7 +47,15 @@ from lightning_compress.core.metrics import top1_accuracy
 from lightning_compress.core.targets import find_targets
 from lightning_compress.errors import CompressedFileError
 from lightning_compress.tags import tag
-from lightning_compress.validation import as_config_error, check_choice, check_int, check_number, fail, is_number
+from lightning_compress.validation import (
+    as_config_error,
+    check_choice,
+    check_int,
+    check_number,
+    check_writable_file,
+    fail,
+    is_number,
+)
 
 #: Sparsities tried by default: coarse where layers rarely care, fine where they start to.
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -283,21 +291,6 @@ def _new_run_dir(root: str) -> str:
     return os.path.join(root, f"version_{max(taken, default=-1) + 1}")
 
 
-def _check_file_target(name: str, path: str | None) -> None:
-    """``path`` can be written: not a folder, and no regular file where a parent folder must be."""
-    if path is None:
-        return
-    if not isinstance(path, str) or not path or "\0" in path:
-        fail(OWNER, f"{name}: expected a file path, got {path!r}")
-    if os.path.isdir(path):
-        fail(OWNER, f"{name}: {path!r} is a folder")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        fail(OWNER, f"{name}: cannot create {path!r}: {parent!r} is a file")
-
-
 def _check_arguments(model: nn.Module, ckpt_path, fit_epochs, sparsities, tolerance, split, max_batches,
                      include, exclude, log_dir, output, seed) -> list[float]:
     """Every argument of :func:`run`, before any weight is loaded or any batch is seen."""
@@ -312,7 +305,8 @@ def _check_arguments(model: nn.Module, ckpt_path, fit_epochs, sparsities, tolera
     check_int(OWNER, "seed", seed)
     if log_dir is not None and (not isinstance(log_dir, str) or os.path.isfile(log_dir)):
         fail(OWNER, f"log_dir: expected a folder (or null for no TensorBoard run), got {log_dir!r}")
-    _check_file_target("output", output)
+    if output is not None:
+        check_writable_file(OWNER, "output", output)
     with as_config_error(OWNER):  # globs that match no layer fail here, not after training
         find_targets(model, include, exclude, owner=OWNER)
     return values

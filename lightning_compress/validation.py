@@ -11,6 +11,7 @@ A check returns the value (converted where that is its job) so a constructor rea
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -137,6 +138,26 @@ def reraise_as_config_error(owner: str, name: str, err: Exception) -> NoReturn:
     fail(owner, f"{name}: {err}")
 
 
+def check_writable_file(owner: str, name: str, path: Any) -> str:
+    """A path a file can be written to, checked before any work: no NUL, not a folder, no file where a parent
+    folder must be, and permission to write in the nearest existing folder. ``~`` is expanded; returns the path."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        fail(owner, f"{name} must be a non-empty file path, got {path!r}")
+    if "\0" in os.fspath(path):
+        fail(owner, f"{name} {os.fspath(path)!r} contains a NUL character")
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.isdir(path):
+        fail(owner, f"{name} {path!r} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        fail(owner, f"{name} {path!r} cannot be created: {parent!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(owner, f"{name} {path!r} cannot be created: no permission to write in {parent!r}")
+    return path
+
+
 @contextmanager
 def as_config_error(owner: str) -> Iterator[None]:
     """A ``ValueError`` from ``core`` (a selection that matches nothing, a lazy layer) becomes the package's error.
@@ -163,6 +184,7 @@ __all__ = [
     "check_milestones",
     "check_number",
     "check_per_layer",
+    "check_writable_file",
     "fail",
     "is_int",
     "is_number",

@@ -36,7 +36,7 @@ from lightning_compress.format.api import compressed_names, save_compressed
 from lightning_compress.format.report import CompressionReport, report_scalars
 from lightning_compress.format.ties import find_aliases
 from lightning_compress.tags import tag
-from lightning_compress.validation import check_bool, fail
+from lightning_compress.validation import check_bool, check_writable_file, fail
 
 _OWNER = "ExportCompressed"
 
@@ -46,21 +46,6 @@ def log_report(report: CompressionReport, writer, step: int = 0, prefix: str = "
     writer.add_text(f"{prefix}/export", report.table(), global_step=step)
     for key, value in report_scalars(report, prefix).items():
         writer.add_scalar(key, value, global_step=step)
-
-
-def check_target_path(path: str) -> None:
-    """Fail now, not after the whole fit, when ``path`` cannot be created as a file."""
-    if "\0" in path:
-        fail(_OWNER, f"path {path!r} contains a NUL character")
-    if os.path.isdir(path):
-        fail(_OWNER, f"path {path!r} is a directory; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        fail(_OWNER, f"path {path!r} cannot be created: {parent!r} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        fail(_OWNER, f"path {path!r} cannot be created: no permission to write in {parent!r}")
 
 
 class ExportCompressed(Callback):
@@ -88,10 +73,7 @@ class ExportCompressed(Callback):
         compare_gzip: bool = False,
         require_complete: bool = False,
     ) -> None:
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-            fail(_OWNER, f"path must be a non-empty file path, got {path!r}")
-        self.path = os.path.expanduser(os.fspath(path))
-        check_target_path(self.path)
+        self.path = check_writable_file(_OWNER, "path", path)
         self.include = include
         self.exclude = exclude
         self.keep_negative_zero = check_bool(_OWNER, "keep_negative_zero", keep_negative_zero)
@@ -105,7 +87,7 @@ class ExportCompressed(Callback):
         refuse_sharded_strategy(trainer, _OWNER, sharded_ok=True)
         if stage != "fit":
             return
-        check_target_path(self.path)
+        check_writable_file(_OWNER, "path", self.path)  # again: the folder may have changed since __init__
         # a selection typo must fail now, not after the whole fit; unless a factorization will rename the layers
         renames = any(claim.renames_layers for _, claim in claims(trainer, pl_module))
         if (self.include or self.exclude) and not renames:
@@ -161,4 +143,4 @@ class ExportCompressed(Callback):
             logger.save()
 
 
-__all__ = ["ExportCompressed", "check_target_path", "log_report"]
+__all__ = ["ExportCompressed", "log_report"]

@@ -6,6 +6,9 @@ code that opens files from strangers needs one ``except``. No Lightning here: ``
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class CompressedFileError(ValueError):
     """Base class of every error reading a compressed file."""
@@ -39,7 +42,20 @@ class UnsafeCheckpointError(CompressedFileError):
     """A checkpoint holds objects that only unpickling arbitrary code could rebuild; it is not loaded."""
 
 
+@contextmanager
+def payload_errors(what: str) -> Iterator[None]:
+    """Whatever a malformed payload makes a decoder raise (an index out of range, an overflow) is a
+    :class:`CorruptedFileError` naming ``what``; the package's own file errors pass through unchanged."""
+    try:
+        yield
+    except CompressedFileError:
+        raise
+    except (IndexError, ValueError, OverflowError) as err:  # BitstreamError is a ValueError
+        raise CorruptedFileError(f"cannot decode {what}: {err}") from err
+
+
 __all__ = [
+    "payload_errors",
     "ArchitectureMismatchError",
     "CompressedFileError",
     "CorruptedFileError",

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from lightning_compress.core.bits import MAX_INDEX_BITS, index_bits
-from lightning_compress.format.bitstream import BitstreamError, ByteReader, ByteWriter
-from lightning_compress.format.errors import CompressedFileError, CorruptedFileError
+from lightning_compress.format.bitstream import ByteReader, ByteWriter
+from lightning_compress.format.errors import CorruptedFileError, payload_errors
 from lightning_compress.format.layer import _BITS_VIEW, LayerEncoding, _bit_patterns, _gap_histogram
 from lightning_compress.format.layer import _gap_symbol_counts, _relative_indices, encode_layer, zeroed
 from lightning_compress.format.raw import ITEM_SIZES
@@ -165,12 +165,8 @@ def encode_grouped(tensor: torch.Tensor, rows_per_group: int | str, keep_negativ
 
 def decode_grouped(payload: bytes | memoryview, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Inverse of the grouped writer; every count checked against the tensor and the bytes left first."""
-    try:
+    with payload_errors("grouped payload"):
         return _decode(ByteReader(payload), shape, dtype)
-    except (BitstreamError, IndexError, ValueError, OverflowError) as err:
-        if isinstance(err, CompressedFileError):
-            raise
-        raise CorruptedFileError(f"cannot decode grouped payload: {err}") from err
 
 
 def _decode(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from lightning_compress.core.bits import MAX_INDEX_BITS, index_bits
-from lightning_compress.format.bitstream import BitstreamError, ByteReader, ByteWriter, varint_size
-from lightning_compress.format.errors import CompressedFileError, CorruptedFileError
+from lightning_compress.format.bitstream import ByteReader, ByteWriter, varint_size
+from lightning_compress.format.errors import CorruptedFileError, payload_errors
 from lightning_compress.format.raw import ITEM_SIZES
 from lightning_compress.format.streams import StreamInfo, decode_stream, encode_stream, stream_plan
 
@@ -282,12 +282,8 @@ def decode_layer(payload: bytes | memoryview, shape: tuple[int, ...], dtype: tor
     Every count in the payload is checked against the tensor's size (already bounded by the caller) and the
     bytes left before memory is allocated for it.
     """
-    try:
+    with payload_errors("layer payload"):
         return _decode_layer(ByteReader(payload), shape, dtype)
-    except (BitstreamError, IndexError, ValueError, OverflowError) as err:
-        if isinstance(err, CompressedFileError):
-            raise
-        raise CorruptedFileError(f"cannot decode layer payload: {err}") from err
 
 
 def _decode_layer(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
