@@ -262,15 +262,18 @@ def dead_keys(value: Mapping[str, object], targets: Sequence[Target]) -> dict[st
     """``{key: why}`` for the keys of a per-layer mapping that decide no layer's value.
 
     A key is dead when it matches no selected layer, or when every layer it matches is matched again by a
-    later key (later keys win). A type alias such as ``conv`` that matches nothing (no conv in an MLP) is not
-    dead: it is a recipe written for several models, so it is left out here.
+    later key (later keys win). A type alias such as ``conv`` that matches nothing (no conv in an MLP) is not a
+    mistake (Deep Compression's ``{"conv": 8, "linear": 5}`` fits several models) but still decides nothing on
+    this model, so it is reported too, with words that say so.
     """
     keys = list(value)
     hits = {k: _key_hits(k, targets) for k in keys}
     out: dict[str, str] = {}
     for i, key in enumerate(keys):
         if not hits[key]:
-            if key.lower() not in TYPE_ALIASES:
+            if key.lower() in TYPE_ALIASES:
+                out[key] = f"names a layer type this model has no selected layer of ({[t.name for t in targets]})"
+            else:
                 out[key] = f"matches no selected layer ({[t.name for t in targets]})"
             continue
         later = set().union(*[set(hits[k]) for k in keys[i + 1:]]) if i + 1 < len(keys) else set()
@@ -287,7 +290,7 @@ def per_target_value(
     Later entries of the mapping win over earlier ones, so a config can say ``{"*": 0.9, "fc3*": 0.7}``.
     Type aliases (``linear``, ``conv``) match by module type. A key that decides no layer's value (matches
     nothing, or is overridden everywhere by a later key) is a warning naming the key (see :func:`dead_keys`);
-    a type alias that matches nothing is silent, so one recipe fits several models.
+    a type alias that matches nothing is reported the same way (not an error: one recipe fits several models).
     """
     if not isinstance(value, Mapping):
         return {t.name: value for t in targets}
