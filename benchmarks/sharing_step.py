@@ -15,34 +15,27 @@ present, else a local stand-in of the same shape, named in the output).
 
     python benchmarks/sharing_step.py --quick     # smoke run: small models, ~1 minute
     python benchmarks/sharing_step.py             # the full run (writes benchmarks/results/sharing_step.json)
+
+``--out`` names the results folder (``sharing_step[_quick].json`` inside it); ``--seeds`` takes one seed (of the
+weights and the random data).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn import functional as F
+from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
 from torch.utils.data import DataLoader, TensorDataset
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from lightning_compress import WeightSharing  # noqa: E402
-from lightning_compress.core.sharing import cluster_weight  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from lightning_compress import WeightSharing
+from lightning_compress.core.sharing import cluster_weight
 
 
 class Classifier(pl.LightningModule):
@@ -116,9 +109,7 @@ class StepTimer(Callback):
 
 
 def fit(module: pl.LightningModule, loader: DataLoader, steps: int, callbacks: list) -> None:
-    pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, callbacks=callbacks, logger=False,
-               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               num_sanity_val_steps=0, limit_val_batches=0).fit(module, loader)
+    quiet_trainer(max_epochs=None, max_steps=steps, callbacks=callbacks, limit_val_batches=0).fit(module, loader)
 
 
 def breakdown(weight: torch.Tensor, granularity, reps: int = 5) -> dict:
@@ -144,8 +135,8 @@ def breakdown(weight: torch.Tensor, granularity, reps: int = 5) -> dict:
     return out
 
 
-def run_model(name: str, make, loader: DataLoader, steps: int, reps: int, granularities) -> dict:
-    torch.manual_seed(0)
+def run_model(name: str, make, loader: DataLoader, steps: int, reps: int, granularities, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
     dense = Classifier(make())
     variants = {"dense": (dense, [])}
     clustering = {}
@@ -190,8 +181,8 @@ def run_model(name: str, make, loader: DataLoader, steps: int, reps: int, granul
     }
 
 
-def random_loader(shape, classes: int, batch: int, batches: int, tokens: bool = False) -> DataLoader:
-    g = torch.Generator().manual_seed(0)
+def random_loader(shape, classes: int, batch: int, batches: int, tokens: bool = False, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
     n = batch * batches
     if tokens:
         x = torch.randint(classes, (n, *shape), generator=g)
@@ -203,41 +194,40 @@ def random_loader(shape, classes: int, batch: int, batches: int, tokens: bool = 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="small models and few steps (a smoke run)")
+    p = parser(__doc__, quick_help="small models and few steps (a smoke run, ~1 minute)")
     p.add_argument("--steps", type=int, default=8, help="steps per fit (the first is not timed)")
     p.add_argument("--reps", type=int, default=4, help="interleaved fits per variant")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default="mlp,resnet18,transformer")
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if len(args.seeds) != 1:
+        p.error("--seeds: one seed (of the weights and the random data) per call")
+    seed = args.seeds[0]
     torch.set_num_threads(args.threads)
     if args.quick:
         args.steps, args.reps = 4, 2
     width = 512 if args.quick else 2048
     batch_resnet = 8 if args.quick else 32
     ctx, vocab, dim, blocks = (32, 256, 64, 2) if args.quick else (64, 256, 256, 4)
-    models = args.models.split(",")
     results = []
-    for m in models:
+    for m in args.models.split(","):
         if m == "mlp":
             results.append(run_model(f"MLP 8 x Linear {width}x{width} (batch 16)", lambda: mlp(width),
-                                     random_loader((width,), 10, 16, args.steps + 1), args.steps, args.reps,
-                                     ["tensor", "channel"]))
+                                     random_loader((width,), 10, 16, args.steps + 1, seed=seed), args.steps,
+                                     args.reps, ["tensor", "channel"], seed))
         elif m == "resnet18":
             results.append(run_model(f"ResNet-18 CIFAR (batch {batch_resnet}, 32x32)", resnet18,
-                                     random_loader((3, 32, 32), 10, batch_resnet, args.steps + 1), args.steps,
-                                     args.reps, ["tensor"]))
+                                     random_loader((3, 32, 32), 10, batch_resnet, args.steps + 1, seed=seed),
+                                     args.steps, args.reps, ["tensor"], seed))
         elif m == "transformer":
             net, label = transformer(vocab, dim, blocks, ctx)
             results.append(run_model(f"{label} (batch 16)", lambda: copy.deepcopy(net),
-                                     random_loader((ctx,), vocab, 16, args.steps + 1, tokens=True), args.steps,
-                                     args.reps, ["tensor"]))
+                                     random_loader((ctx,), vocab, 16, args.steps + 1, tokens=True, seed=seed),
+                                     args.steps, args.reps, ["tensor"], seed))
+        else:
+            p.error(f"--models: unknown model {m!r} (choose from mlp, resnet18, transformer)")
         print_table(results[-1])
-    out = args.out or RESULTS / ("sharing_step_quick.json" if args.quick else "sharing_step.json")
-    meta = {"config": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-            "lightning": pl.__version__, "machine": platform.platform(), "threads": args.threads}
-    out.write_text(json.dumps({**meta, "results": results}, indent=2))
+    out = write_json(result_path(args, "sharing_step"), {"meta": meta(args), "results": results})
     print(f"wrote {out}")
 
 

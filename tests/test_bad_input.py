@@ -21,8 +21,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from helpers import TinyNet, tiny_trainer as trainer
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_compress import CompressionMonitor, GradualMagnitudePruning, LowRankFactorization, WeightSharing
@@ -40,28 +40,6 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-class TinyNet(pl.LightningModule):
-    """conv -> fc1 -> fc2 on 1x6x6 inputs. ``poison`` makes the loss NaN (non-finite gradients)."""
-
-    def __init__(self, hidden: int = 32, poison: bool = False):
-        super().__init__()
-        self.poison = poison
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.fc1 = nn.Linear(4 * 4 * 4, hidden)
-        self.fc2 = nn.Linear(hidden, 3)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.fc1(F.relu(self.conv(x)).flatten(1))))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        return loss * float("nan") if self.poison else loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
-
-
 class NoLayers(pl.LightningModule):
     """Nothing a compression callback could select: one bare parameter and a norm layer."""
 
@@ -90,13 +68,6 @@ def data(n: int = 32) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 1, 6, 6, generator=g)
     return DataLoader(TensorDataset(x, (x.mean((1, 2, 3)) > 0).long()), batch_size=8)
-
-
-def trainer(callbacks, max_epochs: int = 3, **kw) -> pl.Trainer:
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, callbacks=callbacks,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kw)
 
 
 class StepCounter(pl.Callback):

@@ -2,71 +2,26 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from helpers import TinyNet, image_data, tiny_trainer
 from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_compress import WeightSharing
 from lightning_compress.core.sharing import decode
 from lightning_compress.schedules.events import EventSchedule
 
 
-class TinyNet(pl.LightningModule):
-    """conv -> fc -> fc classifier on 1x6x6 inputs; small enough for many Trainer runs on 2 cores."""
-
-    def __init__(self, optimizer: str = "sgd", lr: float = 0.05):
-        super().__init__()
-        self.optimizer, self.lr = optimizer, lr
-        self.conv = nn.Conv2d(1, 4, 3)
-        self.fc1 = nn.Linear(4 * 4 * 4, 32)
-        self.fc2 = nn.Linear(32, 3)
-
-    def forward(self, x):
-        return self.fc2(F.relu(self.fc1(F.relu(self.conv(x)).flatten(1))))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_acc", (self(x).argmax(-1) == y).float().mean())
-
-    def configure_optimizers(self):
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=1e-3)
-        if self.optimizer == "adam":
-            return torch.optim.Adam(self.parameters(), lr=self.lr * 0.1)
-        return torch.optim.AdamW(self.parameters(), lr=self.lr * 0.1, weight_decay=0.05)
-
-
 def loaders(n: int = 96, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 6, 6, generator=g)
-    y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()
-    ds = TensorDataset(x, y)
-    return DataLoader(ds, batch_size=16, shuffle=True, generator=g), DataLoader(ds, batch_size=32)
+    """Shuffled train batches of 16, validation batches of 32, over the same ``n`` images."""
+    return image_data(n, 16, seed, shuffle=True), image_data(n, 32, seed)
 
 
 def make_trainer(tmp_path, callbacks, max_epochs=2, **kw):
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return pl.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        **kw,
-    )
+    return tiny_trainer(callbacks, max_epochs, default_root_dir=tmp_path, **kw)
 
 
 def hand_prune(model: TinyNet, fraction: float = 0.5) -> dict[str, torch.Tensor]:
@@ -127,7 +82,7 @@ OPTIMIZER_CASES = [
 @pytest.mark.parametrize("optimizer,trainer_kw", OPTIMIZER_CASES)
 def test_at_most_k_values_and_zeros_stay_zero_after_every_step(tmp_path, optimizer, trainer_kw):
     torch.manual_seed(0)
-    model = TinyNet(optimizer)
+    model = TinyNet(optimizer=optimizer)
     zeros = hand_prune(model)
     train, val = loaders()
     # Clustering after an epoch of training: momentum / Adam state then differs inside each cluster.
@@ -208,7 +163,7 @@ def test_weights_zeroed_after_clustering_stay_zero(tmp_path):
 
     sharing = WeightSharing(3, start_epoch=1, evaluate=False)
     train, _ = loaders()
-    model = TinyNet("adam")
+    model = TinyNet(optimizer="adam")
     make_trainer(tmp_path, [sharing, LatePruner()], max_epochs=3).fit(model, train)
     w = model.fc1.weight.detach()
     assert torch.all(w[:, :8] == 0)
@@ -219,7 +174,7 @@ def test_weights_zeroed_after_clustering_stay_zero(tmp_path):
 def test_resume_restores_codebooks_and_assignments_exactly(tmp_path):
     torch.manual_seed(0)
     train, val = loaders()
-    model = TinyNet("adamw")
+    model = TinyNet(optimizer="adamw")
     zeros = hand_prune(model)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
     sharing = WeightSharing({"fc1": 3, "*": 4}, start_epoch=0, init="kmeans++", evaluate=False)
@@ -235,7 +190,7 @@ def test_resume_restores_codebooks_and_assignments_exactly(tmp_path):
             restored["weights"] = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
 
     sharing2 = WeightSharing({"fc1": 3, "*": 4}, start_epoch=0, init="kmeans++", evaluate=False)
-    model2 = TinyNet("adamw")
+    model2 = TinyNet(optimizer="adamw")
     checker = InvariantChecker(sharing2, zeros)
     make_trainer(tmp_path, [sharing2, Capture(), checker], max_epochs=4, enable_checkpointing=True).fit(
         model2, train, val, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
@@ -413,7 +368,7 @@ GROUP_CASES = [
 @pytest.mark.parametrize("optimizer,trainer_kw,granularity", GROUP_CASES)
 def test_grouped_codebooks_hold_at_most_k_values_per_group_after_every_step(tmp_path, optimizer, trainer_kw, granularity):
     torch.manual_seed(0)
-    model = TinyNet(optimizer)
+    model = TinyNet(optimizer=optimizer)
     zeros = hand_prune(model)
     train, val = loaders()
     sharing = WeightSharing(2, start_epoch=1, evaluate=False, include="fc*", granularity=granularity)
@@ -452,7 +407,7 @@ def test_projection_reads_one_member_per_cluster_for_elementwise_optimizers_only
         def configure_optimizers(self):
             return MySGD(self.parameters(), lr=0.05, momentum=0.9)
 
-    for model in (TinyNet("sgd"), Momentum()):
+    for model in (TinyNet(optimizer="sgd"), Momentum()):
         torch.manual_seed(0)
         zeros = hand_prune(model)
         sharing = WeightSharing(3, start_epoch=1, evaluate=False, granularity="channel")
@@ -568,7 +523,7 @@ def test_constructor_validates_new_arguments():
 
 def test_auto_bits_meet_the_average_budget_and_hold_per_layer_k(tmp_path, caplog):
     torch.manual_seed(0)
-    model = TinyNet("adamw")
+    model = TinyNet(optimizer="adamw")
     zeros = hand_prune(model)
     sharing = WeightSharing("auto", target_bits=4.5, start_epoch=1, evaluate=False, weighting="fisher",
                             calibration_batches=2)
@@ -610,7 +565,7 @@ def test_steps_reuse_one_index_and_state_is_one_byte_per_weight(tmp_path):
                 seen.setdefault(name, set()).add(id(shared.flat_index()))
 
     sharing = WeightSharing(4, start_epoch=0, evaluate=False, granularity=4)
-    make_trainer(tmp_path, [sharing, Watch()], max_epochs=2).fit(TinyNet("adam"), loaders()[0])
+    make_trainer(tmp_path, [sharing, Watch()], max_epochs=2).fit(TinyNet(optimizer="adam"), loaders()[0])
     assert all(len(ids) == 1 for ids in seen.values()) and len(seen) == 3
     state = sharing.state_dict()["layers"]
     for name, entry in state.items():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 SCRIPT = r"""
-import sys
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["PYTHONPATH"].split(os.pathsep)[0], "tests"))
 import lightning.pytorch as pl
 import torch
+from helpers import tiny_trainer
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn import functional as F
@@ -53,11 +55,7 @@ def main():
     train = DataLoader(TensorDataset(x, y), batch_size=16)
     val = DataLoader(TensorDataset(x, y), batch_size=32)
     sharing = WeightSharing(3, start_epoch=1, eval_batches=2, init="kmeans++", seed=3)
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[SkewRankOne(), sharing],
-    )
+    trainer = tiny_trainer([SkewRankOne(), sharing], max_epochs=3, devices=2, strategy="ddp")
     model = Net()
     trainer.fit(model, train, val)
     torch.save(
