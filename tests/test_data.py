@@ -130,18 +130,21 @@ def test_limits_take_small_slices(tmp_path, arrays):
 
 
 def test_invalid_arguments_name_the_parameter(tmp_path, arrays):
-    for kwargs, match in [
-        ({"val_size": 1.0}, "val_size as a fraction"),
-        ({"val_size": -1}, "val_size as a count"),
+    from lightning_compress import CompressionConfigError
+
+    for kwargs, match in [  # the package's one error type, naming the datamodule and the argument (issue 11)
+        ({"val_size": 1.0}, r"MNISTDataModule: val_size must be a finite number >= 0 and < 1"),
+        ({"val_size": -1}, r"MNISTDataModule: val_size must be an int >= 0"),
         ({"val_size": True}, "val_size must be a count"),
         ({"train_limit": 0}, "train_limit"),
         ({"batch_size": 0}, "batch_size"),
-        ({"std": 0.0}, "std must be positive"),
+        ({"batch_size": 2.5}, "batch_size must be an int"),
+        ({"std": 0.0}, "std must be a finite number > 0"),
     ]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(CompressionConfigError, match=match):
             MNISTDataModule(tmp_path, **kwargs)
     write_dataset(tmp_path, arrays)
-    with pytest.raises(ValueError, match=f"val_size=120 leaves no training examples out of {N_TRAIN}"):
+    with pytest.raises(CompressionConfigError, match=f"val_size=120 leaves no training examples out of {N_TRAIN}"):
         MNISTDataModule(tmp_path, download=False, val_size=120).setup("fit")
 
 

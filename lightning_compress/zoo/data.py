@@ -32,6 +32,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_compress.validation import check_fraction, check_int, check_number, fail, is_int
 from lightning_compress.zoo.idx import read_idx_pair
 
 __all__ = [
@@ -60,19 +61,19 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset files are absent and could not be downloaded."""
 
 
-def _check_val_size(val_size: int | float, name: str = "val_size") -> None:
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
-        raise ValueError(f"{name} must be a count (int) or a fraction (float in [0, 1)), got {val_size!r}")
-    if isinstance(val_size, float) and not 0.0 <= val_size < 1.0:
-        raise ValueError(f"{name} as a fraction must be in [0, 1), got {val_size}")
-    if isinstance(val_size, int) and val_size < 0:
-        raise ValueError(f"{name} as a count must be >= 0, got {val_size}")
+def _check_split_size(owner: str, name: str, value: int | float) -> int | float:
+    """A split size is a count (int >= 0) or a fraction of the examples (float in [0, 1))."""
+    if is_int(value):
+        return check_int(owner, name, value, low=0)
+    if isinstance(value, float):
+        return check_fraction(owner, name, value, high_open=True)
+    fail(owner, f"{name} must be a count (int) or a fraction (float in [0, 1)), got {value!r}")
 
 
 def _split_count(val_size: int | float, n: int, name: str = "val_size") -> int:
     count = round(val_size * n) if isinstance(val_size, float) else int(val_size)
     if count >= n:
-        raise ValueError(f"{name}={val_size} leaves no training examples out of {n}")
+        fail("", f"{name}={val_size} leaves no training examples out of {n}")
     return count
 
 
@@ -106,16 +107,15 @@ class _InMemoryDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the concrete class's arguments too: logged with checkpoints
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        _check_val_size(val_size)
+        owner = type(self).__name__
+        check_int(owner, "batch_size", batch_size, low=1)
+        check_int(owner, "num_workers", num_workers, low=0)
+        _check_split_size(owner, "val_size", val_size)
+        check_int(owner, "seed", seed)
         for name, limit in (("train_limit", train_limit), ("val_limit", val_limit), ("test_limit", test_limit)):
-            if limit is not None and limit < 1:
-                raise ValueError(f"{name} must be None or >= 1, got {limit}")
-        if std is not None and std <= 0:
-            raise ValueError(f"std must be positive, got {std}")
+            check_int(owner, name, limit, low=1, allow_none=True)
+        check_number(owner, "mean", mean, allow_none=True)
+        check_number(owner, "std", std, low=0, low_open=True, allow_none=True)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_size = val_size
@@ -426,7 +426,7 @@ class DigitsDataModule(_InMemoryDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, val_size=val_size, seed=seed,
                          train_limit=train_limit, val_limit=val_limit, test_limit=test_limit, mean=mean, std=std)
-        _check_val_size(test_size, "test_size")
+        _check_split_size(type(self).__name__, "test_size", test_size)
         self.test_size = test_size
         self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
         self._test: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -457,7 +457,7 @@ class DigitsDataModule(_InMemoryDataModule):
         n_all = n + len(self._test[0])
         count = round(self.val_size * n_all) if isinstance(self.val_size, float) else int(self.val_size)
         if count >= n:
-            raise ValueError(f"val_size={self.val_size} leaves no training examples out of {n}")
+            fail(type(self).__name__, f"val_size={self.val_size} leaves no training examples out of {n}")
         return count
 
     def _load_train(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,8 @@ import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
+from lightning_compress.validation import check_int, check_number, fail
+
 OptimizerName = Literal["sgd", "adam", "adamw"]
 SchedulerName = Literal["none", "cosine", "step", "exponential"]
 
@@ -29,7 +31,7 @@ def make_optimizers(module: pl.LightningModule, hp) -> Any:
     elif hp.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
     else:
-        raise ValueError(f"optimizer must be one of sgd, adam, adamw; got {hp.optimizer!r}")
+        fail(type(module).__name__, f"optimizer must be one of ['sgd', 'adam', 'adamw'], got {hp.optimizer!r}")
     if hp.lr_scheduler == "none":
         return opt
     if hp.lr_scheduler == "cosine":
@@ -40,7 +42,8 @@ def make_optimizers(module: pl.LightningModule, hp) -> Any:
     elif hp.lr_scheduler == "exponential":
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.gamma)
     else:
-        raise ValueError(f"lr_scheduler must be one of none, cosine, step, exponential; got {hp.lr_scheduler!r}")
+        fail(type(module).__name__, "lr_scheduler must be one of ['none', 'cosine', 'step', 'exponential'], "
+                                    f"got {hp.lr_scheduler!r}")
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
@@ -59,10 +62,11 @@ class ImageClassifier(pl.LightningModule):
         gamma: float = 0.1,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        owner = type(self).__name__
+        check_int(owner, "num_classes", num_classes, low=2)
+        check_number(owner, "lr", lr, low=0, low_open=True)
+        check_number(owner, "momentum", momentum, low=0)
+        check_number(owner, "weight_decay", weight_decay, low=0)
         self.save_hyperparameters()
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
