@@ -272,6 +272,29 @@ def markdown(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def plot(paths: list[Path], out: Path) -> None:
+    """CPU seconds of each phase against the model's weights (log-log): how each phase grows with the model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for p in paths for r in json.loads(p.read_text())["rows"] if "error" not in r]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for phase in PHASES:
+        points = sorted((r["weights"], r["step_cpu_s"] if phase.startswith("step_") else r["cpu_s"])
+                        for r in rows if r["phase"] == phase)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=phase)
+    ax.set(xscale="log", yscale="log", xlabel="weights in the model", ylabel="CPU seconds (one thread)",
+           title="benchmarks/scale.py: cost of each phase against model size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
 def main(argv=None) -> None:
     ap = parser(__doc__, quick_help="the two small sizes q1, q2, all phases of a size in one process")
     ap.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
@@ -279,6 +302,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--update", action="store_true", help="replace only the measured phases' rows in the JSON")
     ap.add_argument("--markdown", nargs="+", type=Path, help="print committed result files as a Markdown table")
+    ap.add_argument("--plot", nargs="+", type=Path, help="plot committed result files (PNG into --out)")
     ap.add_argument("--child", nargs=2, metavar=("SIZE", "PHASE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if len(args.seeds) != 1:
@@ -288,6 +312,10 @@ def main(argv=None) -> None:
         return
     if args.markdown:
         print(markdown(args.markdown))
+        return
+    if args.plot:
+        plot(args.plot, args.out / "scale_cost.png")
+        print(f"wrote {args.out / 'scale_cost.png'}")
         return
     sizes = args.sizes or (["q1", "q2"] if args.quick else ["100M"])
     rows = []
