@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from _common import meta, parser, result_path, trainer as quiet_trainer, write_json
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_compress import WeightSharing
+from lightning_compress import GradualMagnitudePruning, WeightSharing
 from lightning_compress.core.sharing import cluster_weight
 
 
@@ -147,6 +147,10 @@ def run_model(name: str, make, loader: DataLoader, steps: int, reps: int, granul
         fit(module, loader, 2, [cb])  # clusters at step 0, then trains a step
         clustering[str(g)] = time.perf_counter() - t
         variants[f"sharing_4bit_{g}"] = (module, [cb])
+    pruned = copy.deepcopy(dense)  # pruning side by side: 50% masks set at the first batch, then held every step
+    pruning = GradualMagnitudePruning(0.5, schedule="constant", prog_bar=False, log_layers=False)
+    fit(pruned, loader, 2, [pruning])
+    variants["pruning_50"] = (pruned, [pruning])
     fit(dense, loader, 2, [])
     timers = {v: StepTimer() for v in variants}
     for rep in range(reps):
@@ -199,6 +203,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=4, help="interleaved fits per variant")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default="mlp,resnet18,transformer")
+    p.add_argument("--tag", default="", help="suffix of the result file (sharing_step_<tag>.json)")
     args = p.parse_args()
     if len(args.seeds) != 1:
         p.error("--seeds: one seed (of the weights and the random data) per call")
@@ -227,7 +232,8 @@ def main() -> None:
         else:
             p.error(f"--models: unknown model {m!r} (choose from mlp, resnet18, transformer)")
         print_table(results[-1])
-    out = write_json(result_path(args, "sharing_step"), {"meta": meta(args), "results": results})
+    stem = "sharing_step" + (f"_{args.tag}" if args.tag else "")
+    out = write_json(result_path(args, stem), {"meta": meta(args), "results": results})
     print(f"wrote {out}")
 
 
