@@ -25,7 +25,7 @@ from lightning_compress.core.bits import MAX_INDEX_BITS, index_bits
 from lightning_compress.format.bitstream import ByteReader, ByteWriter
 from lightning_compress.format.errors import CorruptedFileError, payload_errors
 from lightning_compress.format.layer import _BITS_VIEW, LayerEncoding, _bit_patterns, _gap_histogram
-from lightning_compress.format.layer import _gap_symbol_counts, _relative_indices, encode_layer, zeroed
+from lightning_compress.format.layer import _gap_symbol_counts, _relative_indices, encode_layer, read_sparse_header, zeroed
 from lightning_compress.format.raw import ITEM_SIZES
 from lightning_compress.format.streams import StreamInfo, decode_stream, encode_stream, stream_plan
 
@@ -183,12 +183,7 @@ def _decode(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype) -> t
     groups, cols = math.ceil(shape[0] / rows_per_group), numel // shape[0]
     entries, positions = numel, None
     if mode & _SPARSE:
-        ib = reader.u8()
-        if not 1 <= ib <= MAX_INDEX_BITS:
-            raise CorruptedFileError(f"relative-index width {ib} out of range")
-        entries = reader.varint()
-        if entries > numel:
-            raise CorruptedFileError(f"{entries} sparse entries for a tensor of {numel} elements")
+        ib, entries = read_sparse_header(reader, numel)
         positions = np.cumsum(decode_stream(reader, entries, ib) + 1) - 1
         if entries and positions[-1] >= numel:
             raise CorruptedFileError("relative indices run past the end of the tensor")

@@ -276,6 +276,17 @@ def _raw_entries(a: _Analysis, plan: dict, owner: np.ndarray | None) -> np.ndarr
     return raw
 
 
+def read_sparse_header(reader: ByteReader, numel: int) -> tuple[int, int]:
+    """``(relative-index width, entries)`` of a sparse payload, both checked before anything is allocated."""
+    ib = reader.u8()
+    if not 1 <= ib <= MAX_INDEX_BITS:
+        raise CorruptedFileError(f"relative-index width {ib} out of range")
+    entries = reader.varint()
+    if entries > numel:
+        raise CorruptedFileError(f"{entries} sparse entries for a tensor of {numel} elements")
+    return ib, entries
+
+
 def decode_layer(payload: bytes | memoryview, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Inverse of :func:`encode_layer`; raises :class:`CorruptedFileError` on malformed payloads.
 
@@ -298,12 +309,7 @@ def _decode_layer(reader: ByteReader, shape: tuple[int, ...], dtype: torch.dtype
     sparse, shared = bool(mode & _SPARSE), bool(mode & _CODEBOOK)
     entries = numel
     if sparse:
-        ib = reader.u8()
-        if not 1 <= ib <= MAX_INDEX_BITS:
-            raise CorruptedFileError(f"relative-index width {ib} out of range")
-        entries = reader.varint()
-        if entries > numel:
-            raise CorruptedFileError(f"{entries} sparse entries for a tensor of {numel} elements")
+        ib, entries = read_sparse_header(reader, numel)
     if shared:
         k = reader.varint()
         if not 1 <= k <= MAX_CODEBOOK:
