@@ -458,6 +458,8 @@ WARNINGS = [
     ("W04", "step-based pruning schedule ending after the fit's last step",
      lambda: [GradualMagnitudePruning(schedule=LinearSchedule(start=0, end=5, unit="step", final_sparsity=0.5))],
      "the final sparsity will not be reached"),
+    ("W05", "step-based weight sharing after the fit's last step",
+     lambda: [WeightSharing(4, start_step=5, evaluate=False)], "those layers will not be shared in this fit"),
 ]
 
 

@@ -12,14 +12,14 @@ from lightning_compress import CompressionConfigError, ExportCompressed, WeightS
 def test_max_steps_that_ends_before_clustering_warns_before_the_first_step():
     sharing = WeightSharing(bits=2, start_step=10, evaluate=False, log_histograms=False)
     trainer = tiny_trainer([sharing], max_epochs=5, max_steps=4)
-    with pytest.warns(UserWarning, match=r"max_steps=4 ends this fit at step 3, before \['conv.weight'"):
+    with pytest.warns(UserWarning, match=r"the fit ends at step 3 \(max_epochs=5, max_steps=4\), before \['conv.weight'"):
         trainer.fit(TinyNet(), image_data())
 
 
 def test_epoch_schedule_cut_by_max_steps_warns_too():
     sharing = WeightSharing(bits=2, start_epoch=2, evaluate=False, log_histograms=False)
     trainer = tiny_trainer([sharing], max_epochs=5, max_steps=7)  # 6 batches per epoch: stops in epoch 1
-    with pytest.warns(UserWarning, match=r"max_steps=7 ends this fit at epoch 1.*at epoch 2"):
+    with pytest.warns(UserWarning, match=r"the fit ends at epoch 1.* \(max_epochs=5, max_steps=7\).*at epoch 2"):
         trainer.fit(TinyNet(), image_data())
 
 

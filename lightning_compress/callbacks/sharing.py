@@ -220,7 +220,7 @@ class WeightSharing(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         check_mixed_units(trainer, pl_module)  # pruning in epochs vs sharing in steps (or the reverse): now comparable
-        self._warn_if_max_steps_stops_it(trainer)
+        self._warn_if_fit_ends_first(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -296,28 +296,26 @@ class WeightSharing(Callback):
         }
 
     # -- runs cut short ----------------------------------------------------------------------------------
-    def _warn_if_max_steps_stops_it(self, trainer: pl.Trainer) -> None:
-        """Warn before the first step when ``max_steps`` ends the fit before a layer is clustered.
+    def _warn_if_fit_ends_first(self, trainer: pl.Trainer) -> None:
+        """Warn before the first step when the fit's limits end it before a layer is clustered.
 
-        (``max_epochs`` is checked by the conflict rules at setup; this adds the limit they cannot see.)
+        Epoch clustering at or after ``max_epochs`` is the conflict rules' warning (at setup); this adds
+        ``max_steps`` and step-based clustering, which need the batches per epoch known only now.
         """
-        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
-        if max_steps is None:
-            return
-        batches, accumulate = trainer.num_training_batches, trainer.accumulate_grad_batches
-        by_steps = last_progress(self.schedule.unit, batches, accumulate, max_steps=max_steps)
         max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        by_epochs = last_progress(self.schedule.unit, batches, accumulate, max_epochs=max_epochs)
-        if by_steps is None:
+        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+        unit = self.schedule.unit
+        last = last_progress(unit, trainer.num_training_batches, trainer.accumulate_grad_batches,
+                             max_epochs=max_epochs, max_steps=max_steps)
+        if last is None:
             return
         times = self.schedule.times([t.name for t in self.targets])
-        late = {name: time for name, time in times.items() if name not in self._layers and time > by_steps
-                and (by_epochs is None or time <= by_epochs)}
+        late = {name: time for name, time in times.items() if name not in self._layers and time > last
+                and not (unit == "epoch" and max_epochs is not None and time >= max_epochs)}
         if late:
-            unit = self.schedule.unit
-            rank_zero_warn(f"{OWNER}: max_steps={max_steps} ends this fit at {unit} {by_steps:g}, before "
-                           f"{list(late)} are clustered (at {unit} {next(iter(late.values())):g}); those layers "
-                           "will not be shared in this fit")
+            limits = ", ".join(f"{k}={v}" for k, v in (("max_epochs", max_epochs), ("max_steps", max_steps)) if v is not None)
+            rank_zero_warn(f"{OWNER}: the fit ends at {unit} {last:g} ({limits}), before {list(late)} are clustered "
+                           f"(at {unit} {next(iter(late.values())):g}); those layers will not be shared in this fit")
 
     def _note_unfinished(self, trainer: pl.Trainer) -> None:
         """At the end of training: layers never clustered are warned about and recorded for the export."""
