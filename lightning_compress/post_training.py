@@ -64,7 +64,7 @@ def share_weights(
     calibration_batches: int = 16,
     target_bits: float | None = None,
     target_bytes: int | None = None,
-    init: str = "linear",
+    init: str = "optimal",
     seed: int | None = 0,
     max_iter: int = 300,
     tol: float = 0.0,
@@ -84,7 +84,9 @@ def share_weights(
         target_bits: with ``bits="auto"``, the average bits per non-zero weight, codebooks included.
         target_bytes: with ``bits="auto"``, a size budget for the selected tensors' codes and codebooks plus
             every other parameter and buffer at 32 bits (an estimate of the file: no entropy coding).
-        init, seed, max_iter, tol: k-means settings (``core.kmeans.kmeans_1d``).
+        init: ``"optimal"`` (default, the globally optimal codebooks by dynamic programming,
+            ``core.kmeans_optimal``) or a Lloyd start (``linear``, ``density``, ``random``, ``kmeans++``).
+        seed, max_iter, tol: Lloyd settings (``core.kmeans.kmeans_1d``).
     """
     _check_arguments(model, bits, granularity, weighting, dataloader, loss_fn, calibration_batches, target_bits,
                      target_bytes, init, seed, max_iter, tol)

@@ -358,20 +358,24 @@ class GroupChecker(Callback):
 
 
 GROUP_CASES = [
-    pytest.param("sgd", {}, "channel", id="sgd-momentum-wd-channel"),
-    pytest.param("adam", {}, 3, id="adam-groups3"),
-    pytest.param("adamw", {}, "channel", id="adamw-wd-channel"),
-    pytest.param("sgd", {"accumulate_grad_batches": 2}, 5, id="sgd-accumulate2-groups5"),
+    pytest.param("sgd", {}, "channel", "linear", id="sgd-momentum-wd-channel"),
+    pytest.param("adam", {}, 3, "linear", id="adam-groups3"),
+    pytest.param("adamw", {}, "channel", "linear", id="adamw-wd-channel"),
+    pytest.param("sgd", {"accumulate_grad_batches": 2}, 5, "linear", id="sgd-accumulate2-groups5"),
+    pytest.param("sgd", {}, "channel", "optimal", id="sgd-channel-optimal"),
+    pytest.param("adamw", {}, 3, "optimal", id="adamw-groups3-optimal"),
 ]
 
 
-@pytest.mark.parametrize("optimizer,trainer_kw,granularity", GROUP_CASES)
-def test_grouped_codebooks_hold_at_most_k_values_per_group_after_every_step(tmp_path, optimizer, trainer_kw, granularity):
+@pytest.mark.parametrize("optimizer,trainer_kw,granularity,init", GROUP_CASES)
+def test_grouped_codebooks_hold_at_most_k_values_per_group_after_every_step(
+    tmp_path, optimizer, trainer_kw, granularity, init
+):
     torch.manual_seed(0)
     model = TinyNet(optimizer=optimizer)
     zeros = hand_prune(model)
     train, val = loaders()
-    sharing = WeightSharing(2, start_epoch=1, evaluate=False, include="fc*", granularity=granularity)
+    sharing = WeightSharing(2, start_epoch=1, evaluate=False, include="fc*", granularity=granularity, init=init)
     checker = GroupChecker(sharing, zeros)
     first = {}
 

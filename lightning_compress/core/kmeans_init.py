@@ -12,8 +12,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-Init = Literal["linear", "density", "random", "kmeans++"]
-INITS: tuple[str, ...] = ("linear", "density", "random", "kmeans++")
+from lightning_compress.core.kmeans_optimal import optimal_centroids_sorted
+
+Init = Literal["linear", "density", "random", "kmeans++", "optimal"]
+INITS: tuple[str, ...] = ("linear", "density", "random", "kmeans++", "optimal")
 
 
 def prefix_sum(values: torch.Tensor) -> torch.Tensor:
@@ -153,6 +155,8 @@ def init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None, ws: torch
         c = xs[picks].double()
     elif init == "kmeans++":
         c = _kmeanspp(xs, ws, k, generator(seed))
+    elif init == "optimal":  # the dynamic programme's optimum: Lloyd then only confirms (or refines) it
+        c = optimal_centroids_sorted(xs, k, ws)
     else:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     return torch.sort(c)[0]

@@ -33,6 +33,7 @@ import torch
 
 from lightning_compress.core.bits import FLOAT_BITS, index_bits
 from lightning_compress.core.distributed import Parts
+from lightning_compress.core.group_clustering import cluster_groups_lloyd, cluster_groups_optimal
 from lightning_compress.core.kmeans import Init, kmeans_1d
 
 Reduction = Literal["sum", "mean"]
@@ -317,39 +318,18 @@ def cluster_weight(
         if not _supports_weights():
             raise ValueError("importance weighting needs a weighted k-means (core.kmeans.kmeans_1d(weights=...))")
     w = weight.detach().float().cpu()
-    rows = _rows(w.shape)
+    rows = max(1, _rows(w.shape))
     rpg = rows_per_group(w.shape, granularity)
-    w2 = w.reshape(max(1, rows), -1)
-    imp2 = importance.detach().double().cpu().reshape(max(1, rows), -1) if importance is not None else None
-    n_groups = math.ceil(max(1, rows) / rpg)
-    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (centroids, labels, nonzero mask)
-    for g in range(n_groups):
-        block = w2[g * rpg : (g + 1) * rpg].reshape(-1)
-        nonzero = block != 0
-        values = block[nonzero]
-        if values.numel() == 0:
-            found.append((torch.zeros(0), torch.zeros(0, dtype=torch.long), nonzero))
-            continue
-        kwargs = {}
-        if imp2 is not None:
-            weights = imp2[g * rpg : (g + 1) * rpg].reshape(-1)[nonzero]
-            if float(weights.sum()) > 0:
-                kwargs["weights"] = weights
-        result = kmeans_1d(values, k, init=init, max_iter=max_iter, tol=tol, seed=seed, **kwargs)
-        found.append((result.centroids.float(), result.labels, nonzero))
-    width = max(c.numel() for c, _, _ in found)
-    has_pruned = any(bool((~nz).any()) for _, _, nz in found)
-    centroids = torch.zeros(n_groups, width)
-    codes = torch.full((w2.numel(),), width, dtype=torch.long)
-    per_group = rpg * w2.shape[1]
-    for g, (c, labels, nonzero) in enumerate(found):
-        if c.numel():
-            centroids[g, : c.numel()] = c
-            centroids[g, c.numel():] = c[-1]
-            block_codes = codes[g * per_group : g * per_group + nonzero.numel()]
-            block_codes[nonzero] = labels
+    w2 = w.reshape(rows, -1)
+    imp2 = importance.detach().double().cpu().reshape(rows, -1) if importance is not None else None
+    if init == "optimal" and rpg < rows:  # many codebooks: solved together
+        centroids, codes = cluster_groups_optimal(w2, imp2, rpg, k)
+    else:
+        centroids, codes = cluster_groups_lloyd(w2, imp2, rpg, k, init=init, max_iter=max_iter, tol=tol, seed=seed)
+    width = centroids.shape[1]
+    has_pruned = bool((w2 == 0).any())
     assignment = codes.to(index_dtype(width + int(has_pruned))).reshape(weight.shape)
-    return SharedWeight(centroids, assignment, rpg if n_groups > 1 else None)
+    return SharedWeight(centroids, assignment, rpg if centroids.shape[0] > 1 else None)
 
 
 # -- the per-tensor functions of the first release (a 1-D codebook), kept for callers and tests ------------

@@ -1,0 +1,315 @@
+"""Globally optimal 1-D (weighted) k-means for many small problems at once: a dynamic programme.
+
+Lloyd's algorithm stops at a local optimum that depends on its start. In one dimension the optimum itself is
+computable: the clusters of an optimal solution are contiguous runs of the sorted data, so with
+``D[j][i]`` = least cost of splitting the first ``i`` sorted points into ``j`` runs,
+
+    D[j][i] = min_{t <= i} D[j-1][t] + cost(t, i),   cost(t, i) = sum w x^2 - (sum w x)^2 / sum w  over [t, i)
+
+(Wang & Song 2011, "Ckmeans.1d.dp"; Grønlund et al. 2017). ``cost`` obeys the quadrangle inequality, so the
+best ``t`` never decreases as ``i`` grows, and each row of the table is found by divide and conquer in
+O(n log n) instead of O(n^2): O(k n log n) in all. Weights (the Fisher diagonal) enter only through the
+prefix sums of w, w x and w x^2, so the weighted problem costs the same as the unweighted one.
+
+Per-channel and per-group codebooks are thousands of independent problems of the same size. They are solved
+*together*: the divide-and-conquer tree depends only on the problem size, so every tree level is a handful of
+tensor operations over all problems at once (ragged candidate ranges flattened, argmin per segment), and the
+Python loop runs k x log2(n) times whatever the number of groups. Problems with fewer points are padded with
+zero-weight points at the end, which change no cost.
+
+Each problem is centred and scaled before its prefix sums are taken (cancellation then stays at the scale
+of the data, not of its offset). The optimal runs give the centroids (weighted means); points are then
+labelled by their nearest centroid and every centroid recomputed as the weighted mean of its points — a
+Lloyd step, which cannot raise an optimal cost, so the result is an optimal Lloyd fixed point.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Rows up to this many values are solved exactly; longer ones over this many runs of sorted values.
+EXACT_POINTS = 4096
+#: The back-pointer table holds k x groups x (n + 1) int32 entries; problems are solved in chunks under this.
+TABLE_ENTRIES = 1 << 25
+
+
+def optimal_kmeans_rows(
+    x: torch.Tensor,
+    k: int,
+    weights: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    exact_points: int = EXACT_POINTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimal k-means of every row of ``x`` (G, n): returns ``(centroids (G, k) float64, counts (G,))``.
+
+    Row ``g`` clusters its entries where ``valid`` (bool, same shape; None = all), weighted by ``weights``
+    (>= 0, same shape; None = unit weights; a row whose weights are all zero is clustered unweighted).
+    ``centroids[g, :counts[g]]`` are that row's distinct centroids in ascending order; the rest of the row
+    repeats the last one. A row with at most k distinct (positive-weight) values gets exactly those values.
+    A row with no points gets ``counts == 0`` and zeros. Rows longer than ``exact_points`` are solved over
+    ``exact_points`` runs of consecutive sorted values and then refined by Lloyd on the values themselves:
+    optimal up to where the cuts between runs fall, not exactly.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if exact_points < 1:
+        raise ValueError(f"exact_points must be >= 1, got {exact_points}")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D (groups, values), got shape {tuple(x.shape)}")
+    groups, n = x.shape
+    x64 = x.detach().to("cpu", torch.float64)
+    if valid is None:
+        valid = torch.ones(groups, n, dtype=torch.bool)
+    elif valid.shape != x.shape or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor of shape {tuple(x.shape)}")
+    valid = valid.cpu()
+    if not bool(torch.isfinite(x64[valid]).all()):
+        raise ValueError("x must be finite")
+    w = _row_weights(weights, x64.shape, valid)
+    out_c = torch.zeros(groups, k, dtype=torch.float64)
+    out_n = torch.zeros(groups, dtype=torch.long)
+    if n == 0 or groups == 0:
+        return out_c, out_n
+    xs, ws = _sort_rows(x64, w, valid)
+    k_eff = min(k, n)
+    chunk = max(1, TABLE_ENTRIES // (k_eff * (min(n, exact_points) + 1)))
+    for a in range(0, groups, chunk):
+        c, cnt = _solve(xs[a : a + chunk], ws[a : a + chunk], k_eff, exact_points)
+        out_c[a : a + chunk, : c.shape[1]] = c
+        out_c[a : a + chunk, c.shape[1] :] = c[:, -1:]
+        out_n[a : a + chunk] = cnt
+    return out_c, out_n
+
+
+def optimal_centroids_sorted(xs: torch.Tensor, k: int, ws: torch.Tensor | None = None) -> torch.Tensor:
+    """Optimal centroids (float64, ascending, at most k) of sorted 1-D data ``xs`` with weights ``ws``.
+
+    Up to ``EXACT_POINTS`` values: the exact optimum. Beyond: the optimum over ``EXACT_POINTS`` runs of
+    consecutive values (a start that Lloyd's algorithm then refines on all the values, in ``core.kmeans``).
+    """
+    x = xs.detach().double().reshape(1, -1)
+    w = torch.ones_like(x) if ws is None else ws.detach().double().reshape(1, -1)
+    if x.shape[1] > EXACT_POINTS:
+        x, w = _atoms(x, w, EXACT_POINTS)
+    c, count = optimal_kmeans_rows(x, k, w)
+    return c[0, : int(count[0])]
+
+
+def _row_weights(weights: torch.Tensor | None, shape: torch.Size, valid: torch.Tensor) -> torch.Tensor:
+    """Per-point weights, zero outside each row's length; rows without any positive weight get unit weights."""
+    if weights is None:
+        return valid.double()
+    w = weights.detach().to("cpu", torch.float64)
+    if w.shape != shape:
+        raise ValueError(f"weights must have the shape of x {tuple(shape)}, got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("weights must be finite and >= 0")
+    w = torch.where(valid, w, torch.zeros_like(w))
+    unweighted = ~(w > 0).any(dim=1)
+    return torch.where(unweighted[:, None], valid.double(), w)
+
+
+def _sort_rows(x: torch.Tensor, w: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row sorted ascending with its weights; padding (weight 0) moved to the end of its row."""
+    key = torch.where(valid, x, torch.full_like(x, float("inf")))
+    xs, order = torch.sort(key, dim=1, stable=True)
+    ws = torch.gather(w, 1, order)
+    # padding sits at +inf: give it the row's largest real value so no arithmetic sees inf (its weight is 0)
+    last = torch.gather(xs, 1, (valid.sum(1, keepdim=True) - 1).clamp_min(0))
+    return torch.where(torch.isinf(xs), torch.nan_to_num(last, posinf=0.0), xs), ws
+
+
+def _distinct(xs: torch.Tensor, ws: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with at most k distinct positive-weight values, and those values (G, k; NaN after them).
+
+    Their optimum is the values themselves; the programme would find it too, up to prefix-sum rounding
+    that could merge two values a few ulps apart.
+    """
+    key = torch.sort(torch.where(ws > 0, xs, torch.full_like(xs, float("inf"))), dim=1)[0]
+    new = torch.isfinite(key)
+    new[:, 1:] &= key[:, 1:] != key[:, :-1]
+    few = new.sum(1) <= k
+    values = torch.sort(torch.where(new, key, torch.full_like(key, float("nan"))), dim=1)[0]
+    width = min(k, values.shape[1])
+    out = torch.full((xs.shape[0], k), float("nan"), dtype=xs.dtype)
+    out[:, :width] = values[:, :width]
+    return few, out
+
+
+def _solve(xs: torch.Tensor, ws: torch.Tensor, k: int, exact_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted rows (G, n) and weights -> (centroids (G, k') ascending, distinct count per row)."""
+    if xs.shape[1] > exact_points:  # optimum over runs of sorted points, then Lloyd on the points
+        c = _programme_centroids(*_atoms(xs, ws, exact_points), k)
+        few, distinct = _distinct(xs, ws, c.shape[1])
+        c = _polish(xs, ws, torch.where(few[:, None], distinct, c))
+    else:
+        c = _programme_centroids(xs, ws, k)
+        few, distinct = _distinct(xs, ws, c.shape[1])
+        c = torch.where(few[:, None], distinct, c)
+    c, _ = _lloyd_step(xs, ws, c)
+    counts = (~torch.isnan(c)).sum(1)
+    last = c.gather(1, (counts - 1).clamp_min(0)[:, None])
+    return torch.where(torch.isnan(c), torch.nan_to_num(last), c), counts
+
+
+def _programme_centroids(xs: torch.Tensor, ws: torch.Tensor, k: int) -> torch.Tensor:
+    """Weighted means of the optimal runs (G, k), ascending, NaN for runs left empty."""
+    total = ws.sum(1, keepdim=True)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    mean = (ws * xs).sum(1, keepdim=True) / safe
+    scale = ((ws * (xs - mean) ** 2).sum(1, keepdim=True) / safe).sqrt()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    prefix = _Prefix(ws, (xs - mean) / scale)  # centred and scaled: the prefix sums stay well conditioned
+    bounds = _backtrack(_dynamic_programme(prefix, k), xs.shape[1])
+    weight, wsum = prefix.segment(bounds[:, :-1], bounds[:, 1:])
+    c = torch.where(weight > 0, wsum / weight.clamp_min(1e-300), torch.nan)
+    return _compact(c * scale + mean)
+
+
+def _atoms(xs: torch.Tensor, ws: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sorted row cut into ``count`` runs of equal length: (weighted mean, total weight) per run.
+
+    Clustering the runs' means with their weights is clustering the points with cuts allowed only between
+    runs (a partition's cost is the fixed within-run error plus the runs' weighted error).
+    """
+    groups, n = xs.shape
+    size = -(-n // count)
+    pad = size * count - n
+    x = torch.cat([xs, xs[:, -1:].expand(groups, pad)], 1).reshape(groups, count, size)
+    w = torch.cat([ws, ws.new_zeros(groups, pad)], 1).reshape(groups, count, size)
+    weight = w.sum(2)
+    mean = torch.where(weight > 0, (w * x).sum(2) / weight.clamp_min(1e-300), x[:, :, 0])
+    return mean, weight
+
+
+def _polish(xs: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, max_iter: int = 100) -> torch.Tensor:
+    """Lloyd steps on all rows at once until no label changes (or ``max_iter``)."""
+    labels = None
+    for _ in range(max_iter):
+        c, new = _lloyd_step(xs, ws, c)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+    return c
+
+
+class _Prefix:
+    """Prefix sums of w, w z, w z^2 per row, stacked as one (G * (n+1), 3) table for single-gather lookups."""
+
+    def __init__(self, ws: torch.Tensor, z: torch.Tensor):
+        groups, n = ws.shape
+        table = ws.new_zeros(groups, n + 1, 3)
+        torch.cumsum(ws, 1, out=table[:, 1:, 0])
+        torch.cumsum(ws * z, 1, out=table[:, 1:, 1])
+        torch.cumsum(ws * z * z, 1, out=table[:, 1:, 2])
+        self.groups, self.n1 = groups, n + 1
+        self.table = table.reshape(-1, 3)
+
+    def segment(self, t: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, weighted sum) of the runs [t, i) of every row (index tensors (G, m))."""
+        base = torch.arange(self.groups)[:, None] * self.n1
+        d = self.table[base + i] - self.table[base + t]
+        return d[..., 0], d[..., 1]
+
+    def first_row(self) -> torch.Tensor:
+        """D[1][i]: the cost of one run [0, i) for every row and i."""
+        t = self.table.reshape(self.groups, self.n1, 3)
+        return _cost(t[..., 0], t[..., 1], t[..., 2])
+
+
+def _cost(dw: torch.Tensor, ds: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:
+    """Weighted squared error of a run from its sums. A zero-weight run has ds == dq == 0 exactly (adding
+    zero-weight terms leaves a prefix sum unchanged), so it costs 0."""
+    return dq - ds * ds / dw.clamp_min(1e-300)
+
+
+def _dynamic_programme(prefix: _Prefix, k: int) -> torch.Tensor:
+    """Back pointers (k, G, n+1): ``back[j][g, i]`` = start of the last run when the first i points of row g
+    form j+1 runs at least cost. Row j=0 is all zeros (one run starts at 0)."""
+    best = prefix.first_row()
+    back = torch.zeros(k, prefix.groups, prefix.n1, dtype=torch.int32)
+    for j in range(1, k):
+        best, back[j] = _next_row(prefix, best)
+    return back
+
+
+def _next_row(prefix: _Prefix, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``D[j][i] = min_{t <= i} D[j-1][t] + cost(t, i)`` for every row and i, by level-wise divide and conquer.
+
+    A node covers end points [lo, hi] (the same for every row) and, per row, candidate starts [olo, ohi].
+    Its middle end point is solved by scanning its candidates; its halves inherit the narrowed ranges.
+    """
+    groups, n1 = prev.shape
+    lookup = torch.cat([prefix.table, prev.reshape(-1, 1)], 1)  # (G * (n+1), 4): sums and D[j-1] per start
+    out = torch.empty_like(prev)
+    arg = torch.empty(groups, n1, dtype=torch.int32)
+    lo, hi = torch.tensor([0]), torch.tensor([n1 - 1])
+    olo = torch.zeros(groups, 1, dtype=torch.long)
+    ohi = torch.full((groups, 1), n1 - 1, dtype=torch.long)
+    while lo.numel():
+        mid = (lo + hi) // 2
+        value, choice = _scan(lookup, n1, mid, olo, torch.minimum(ohi, mid[None, :]))
+        out[:, mid], arg[:, mid] = value, choice.int()
+        left, right = lo <= mid - 1, mid + 1 <= hi
+        lo = torch.cat([lo[left], (mid + 1)[right]])
+        hi = torch.cat([(mid - 1)[left], hi[right]])
+        olo, ohi = torch.cat([olo[:, left], choice[:, right]], 1), torch.cat([choice[:, left], ohi[:, right]], 1)
+    return out, arg
+
+
+def _scan(lookup: torch.Tensor, n1: int, mid: torch.Tensor, start: torch.Tensor, stop: torch.Tensor):
+    """For every (row, node): min and first argmin over t in [start, stop] of D[j-1][t] + cost(t, mid).
+
+    The ragged candidate ranges are laid end to end (segment ``s`` = one (row, node)); all lookups are
+    flat row indices into ``lookup``.
+    """
+    groups, nodes = start.shape
+    base = torch.arange(groups)[:, None] * n1
+    lengths = (stop - start + 1).reshape(-1)
+    seg = torch.repeat_interleave(torch.arange(groups * nodes), lengths)
+    first = torch.cumsum(lengths, 0) - lengths
+    flat_t = torch.arange(seg.numel()) + (base + start).reshape(-1).sub(first)[seg]
+    cand = lookup.index_select(0, flat_t)
+    end = lookup.index_select(0, (base + mid[None, :]).reshape(-1)).index_select(0, seg)
+    d = end[:, :3] - cand[:, :3]
+    value = cand[:, 3] + _cost(d[:, 0], d[:, 1], d[:, 2])
+    best = value.new_full((groups * nodes,), float("inf")).scatter_reduce_(0, seg, value, "amin")
+    pos = torch.where(value <= best[seg], flat_t, flat_t.numel() + groups * n1)
+    at = torch.full_like(best, 0, dtype=torch.long).fill_(groups * n1).scatter_reduce_(0, seg, pos, "amin")
+    return best.reshape(groups, nodes), (at.reshape(groups, nodes) - base)
+
+
+def _backtrack(back: torch.Tensor, n: int) -> torch.Tensor:
+    """Run boundaries (G, k+1) from the back pointers: row g's runs are [b[j], b[j+1])."""
+    k, groups, _ = back.shape
+    bounds = torch.empty(groups, k + 1, dtype=torch.long)
+    bounds[:, k] = n
+    rows = torch.arange(groups)
+    for j in range(k - 1, -1, -1):
+        bounds[:, j] = back[j][rows, bounds[:, j + 1]].long()
+    return bounds
+
+
+def _compact(c: torch.Tensor) -> torch.Tensor:
+    """Centroids (NaN for empty runs) -> each row's distinct centroids first, ascending; NaN after them."""
+    c = torch.sort(c, dim=1)[0]  # NaN sorts last
+    repeat = torch.zeros_like(c, dtype=torch.bool)
+    repeat[:, 1:] = c[:, 1:] == c[:, :-1]
+    c = torch.where(repeat, torch.nan, c)
+    return torch.sort(c, dim=1)[0]
+
+
+def _lloyd_step(xs: torch.Tensor, ws: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label every point by its nearest centroid (NaN = unused slot), move each centroid to its points'
+    weighted mean (clamped into their range against rounding); returns (centroids, labels)."""
+    mids = torch.nan_to_num((c[:, :-1] + c[:, 1:]) * 0.5, nan=float("inf"))  # no point goes past the last
+    labels = torch.searchsorted(mids.contiguous(), xs.contiguous())
+    weight = torch.zeros_like(c).scatter_add_(1, labels, ws)
+    wsum = torch.zeros_like(c).scatter_add_(1, labels, ws * xs)
+    means = wsum / weight.clamp_min(1e-300)
+    lo = torch.full_like(c, float("inf")).scatter_reduce(1, labels, torch.where(ws > 0, xs, torch.inf), "amin")
+    hi = torch.full_like(c, float("-inf")).scatter_reduce(1, labels, torch.where(ws > 0, xs, -torch.inf), "amax")
+    return _compact(torch.where(weight > 0, torch.minimum(torch.maximum(means, lo), hi), torch.nan)), labels
+
+
+__all__ = ["EXACT_POINTS", "optimal_centroids_sorted", "optimal_kmeans_rows"]
