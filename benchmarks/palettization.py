@@ -2,14 +2,22 @@
 
 A dense ``zoo.TinyGPT`` (byte level, Debian's fortunes via ``zoo.TextDataModule``) is trained, then copies of it
 are palettized post-training with ``lightning_compress.share_weights`` — per tensor, per output channel and per
-group of 8 and 32 channels, each plain and Fisher-weighted (16 calibration batches of the training split) — and
+group of 8 and 32 channels, each plain and Fisher-weighted (16 calibration batches of the training split), each
+with the optimal codebooks (``init="optimal"``, the dynamic programme, the default) and with Lloyd from the
+linear start (``init="linear"``, Deep Compression's k-means) — and
 with coreai-opt's ``KMeansPalettizer`` (optional, installed outside the environment and passed as
 ``--coreai-path``) at the same bits and granularity. For each: validation perplexity (exp of the mean
 per-token cross-entropy on the validation split), clustering wall time, and the real ``.lcz`` file bytes of the
 palettized state dict (``format.api.encode_state_dict``: grouped codebooks stored as format version 2, every
 codebook counted; the tied embedding/LM-head stored once). coreai-opt's palettized weights (its lookup tables
 decoded) go through the same encoder, so its bytes are counted the same way. Selected tensors: every Linear,
-Embedding and attention in-projection matrix (biases and norms stay float32).
+Embedding and attention in-projection matrix (biases and norms stay float32); ``--types linear embedding``
+selects exactly the tensors coreai-opt palettizes (it leaves the attention in-projection dense), for the
+equal-bytes comparison.
+
+Centroid fine-tuning: copies of the dense model are trained ``--finetune-steps`` more steps (Adam at
+``--finetune-lr``) with the ``WeightSharing`` callback clustering at step 0 (per channel and per 32 channels,
+Fisher-weighted, optimal codebooks), next to the dense model trained the same extra steps (the fair baseline).
 
 Usage::
 
@@ -22,6 +30,7 @@ Results: ``benchmarks/results/palettization[_quick].json``.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import sys
@@ -88,17 +97,34 @@ def file_bytes(model: nn.Module, grouped: dict[str, int | str]) -> int:
     return report.file_bytes
 
 
-def run_ours(dense, dm, bits: int, granularity, weighting, eval_batches) -> dict:
+def run_ours(dense, dm, bits: int, granularity, weighting, eval_batches, init: str = "optimal") -> dict:
     model = copy.deepcopy(dense)
     kwargs = {}
     if weighting:
         kwargs = {"weighting": "fisher", "dataloader": dm.train_dataloader(), "loss_fn": lm_loss, "calibration_batches": 16}
     t = time.perf_counter()
-    lc.share_weights(model, bits=bits, granularity=granularity, types=TYPES, **kwargs)
+    lc.share_weights(model, bits=bits, granularity=granularity, types=TYPES, init=init, **kwargs)
     seconds = time.perf_counter() - t
     grouped = {} if granularity == "tensor" else {t.name: "auto" for t in find_targets(model, types=TYPES)}
     return {"seconds": seconds, "val_ppl": perplexity(model, dm.val_dataloader(), eval_batches),
             "file_bytes": file_bytes(model, grouped)}
+
+
+def finetune(dense, dm, steps: int, lr: float, eval_batches, bits: int | None = None, granularity="channel") -> dict:
+    """``steps`` more training steps of a copy of ``dense``: plain (``bits=None``) or with WeightSharing
+    clustering at step 0 (Fisher-weighted, optimal codebooks) and training the centroids from there."""
+    model = copy.deepcopy(dense)
+    model.hparams.lr = lr
+    callbacks = [] if bits is None else [lc.WeightSharing(
+        bits, start_step=0, granularity=granularity, weighting="fisher", calibration_batches=16, types=TYPES,
+        evaluate=False, log_histograms=False)]
+    t = time.perf_counter()
+    quiet_trainer(1000, callbacks=callbacks, max_steps=steps, limit_val_batches=0).fit(model, datamodule=dm)
+    seconds = time.perf_counter() - t
+    model.eval()
+    grouped = {} if bits is None else {t.name: "auto" for t in find_targets(model, types=TYPES)}
+    return {"seconds": seconds, "val_ppl": perplexity(model, dm.val_dataloader(), eval_batches),
+            "file_bytes": file_bytes(model, grouped) if bits is not None else file_bytes(model, {})}
 
 
 def run_coreai(dense, dm, bits: int, granularity, eval_batches, coreai_path: str) -> dict:
@@ -139,6 +165,10 @@ def main(argv=None) -> None:
     ap.add_argument("--types", nargs="+", choices=sorted(TYPE_CHOICES), default=["linear", "embedding", "attention"],
                     help="tensors share_weights selects (and the file compresses); 'linear embedding' = coreai-opt's")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--inits", nargs="+", choices=["optimal", "linear", "density", "kmeans++"],
+                    default=["optimal", "linear"], help="share_weights' init: optimal codebooks and/or Lloyd starts")
+    ap.add_argument("--finetune-steps", type=int, default=100, help="centroid fine-tuning steps (0: none)")
+    ap.add_argument("--finetune-lr", type=float, default=1e-3)
     args = ap.parse_args(argv)
     TYPES[:] = [TYPE_CHOICES[t] for t in args.types]
     torch.set_num_threads(args.threads)  # more threads than free cores slows a shared machine down ~10x
@@ -159,10 +189,10 @@ def main(argv=None) -> None:
         print(json.dumps(base), flush=True)
         for bits in bits_list:
             for gran in grans:
-                for weighting in (None, "fisher"):
-                    r = run_ours(dense, dm, bits, gran, weighting, eval_batches)
+                for weighting, init in itertools.product((None, "fisher"), args.inits):
+                    r = run_ours(dense, dm, bits, gran, weighting, eval_batches, init)
                     rows.append({"seed": seed, "method": "share_weights", "bits": bits, "granularity": gran,
-                                 "weighting": weighting or "plain", **r})
+                                 "weighting": weighting or "plain", "init": init, **r})
                     print(json.dumps(rows[-1]), flush=True)
                 if args.coreai_path:
                     try:
@@ -172,6 +202,9 @@ def main(argv=None) -> None:
                     rows.append({"seed": seed, "method": "coreai-opt KMeansPalettizer", "bits": bits,
                                  "granularity": gran, "weighting": "plain", **r})
                     print(json.dumps({k: v for k, v in rows[-1].items() if k != "palettized"}), flush=True)
+        ft_steps = 5 if args.quick else args.finetune_steps
+        if ft_steps:
+            rows += finetune_rows(dense, dm, seed, ft_steps, args.finetune_lr, eval_batches, bits_list)
     path = write_json(result_path(args, f"palettization{args.tag}"),
                       {"steps": steps, "eval_batches": eval_batches, "model": size, "threads": args.threads,
                        "types": args.types, "meta": meta(args), "rows": rows})
@@ -179,17 +212,30 @@ def main(argv=None) -> None:
     print(f"wrote {path}")
 
 
+def finetune_rows(dense, dm, seed: int, steps: int, lr: float, eval_batches, bits_list) -> list[dict]:
+    """The dense model trained ``steps`` more, and WeightSharing fine-tuning per channel and per 32 channels."""
+    rows = [{"seed": seed, "method": f"dense +{steps} steps", "bits": 32, "granularity": "-", "weighting": "-",
+             **finetune(dense, dm, steps, lr, eval_batches)}]
+    print(json.dumps(rows[-1]), flush=True)
+    for bits, gran in itertools.product(bits_list, ("channel", 32)):
+        rows.append({"seed": seed, "method": f"WeightSharing +{steps} steps", "bits": bits, "granularity": gran,
+                     "weighting": "fisher", "init": "optimal",
+                     **finetune(dense, dm, steps, lr, eval_batches, bits, gran)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     dense = {r["seed"]: r for r in rows if r["method"] == "dense"}
-    print("| seed | method | bits | granularity | weighting | val ppl | vs dense | file bytes | clustering s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| seed | method | bits | granularity | weighting | init | val ppl | vs dense | file bytes | clustering s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['seed']} | {r['method']} | {r['bits']} | {r['granularity']} | - | {r['error']} | | | |")
+            print(f"| {r['seed']} | {r['method']} | {r['bits']} | {r['granularity']} | - | - | {r['error']} | | | |")
             continue
         rel = r["val_ppl"] / dense[r["seed"]]["val_ppl"] - 1
         print(f"| {r['seed']} | {r['method']} | {r['bits']} | {r['granularity']} | {r['weighting']} | "
-              f"{r['val_ppl']:.3f} | {rel:+.1%} | {r['file_bytes']:,} | {r['seconds']:.2f} |")
+              f"{r.get('init', '-')} | {r['val_ppl']:.3f} | {rel:+.1%} | {r['file_bytes']:,} | {r['seconds']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -57,27 +57,28 @@ def optimal_kmeans_rows(
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D (groups, values), got shape {tuple(x.shape)}")
     groups, n = x.shape
-    x64 = x.detach().to("cpu", torch.float64)
-    if valid is None:
-        valid = torch.ones(groups, n, dtype=torch.bool)
-    elif valid.shape != x.shape or valid.dtype != torch.bool:
+    if valid is not None and (valid.shape != x.shape or valid.dtype != torch.bool):
         raise ValueError(f"valid must be a bool tensor of shape {tuple(x.shape)}")
-    valid = valid.cpu()
-    if not bool(torch.isfinite(x64[valid]).all()):
-        raise ValueError("x must be finite")
-    w = _row_weights(weights, x64.shape, valid)
+    if weights is not None and weights.shape != x.shape:
+        raise ValueError(f"weights must have the shape of x {tuple(x.shape)}, got {tuple(weights.shape)}")
     out_c = torch.zeros(groups, k, dtype=torch.float64)
     out_n = torch.zeros(groups, dtype=torch.long)
     if n == 0 or groups == 0:
         return out_c, out_n
-    xs, ws = _sort_rows(x64, w, valid)
     k_eff = min(k, n)
-    chunk = max(1, TABLE_ENTRIES // (k_eff * (min(n, exact_points) + 1)))
+    # rows in chunks: the back-pointer table and the float64 copies stay bounded whatever the tensor's size
+    chunk = max(1, min(TABLE_ENTRIES // (k_eff * (min(n, exact_points) + 1)), TABLE_ENTRIES // (4 * n)))
     for a in range(0, groups, chunk):
-        c, cnt = _solve(xs[a : a + chunk], ws[a : a + chunk], k_eff, exact_points)
-        out_c[a : a + chunk, : c.shape[1]] = c
-        out_c[a : a + chunk, c.shape[1] :] = c[:, -1:]
-        out_n[a : a + chunk] = cnt
+        rows = slice(a, a + chunk)
+        x64 = x[rows].detach().to("cpu", torch.float64)
+        ok = torch.ones_like(x64, dtype=torch.bool) if valid is None else valid[rows].cpu()
+        if not bool(torch.isfinite(x64[ok]).all()):
+            raise ValueError("x must be finite")
+        w = _row_weights(None if weights is None else weights[rows], x64.shape, ok)
+        c, cnt = _solve(*_sort_rows(x64, w, ok), k_eff, exact_points)
+        out_c[rows, : c.shape[1]] = c
+        out_c[rows, c.shape[1] :] = c[:, -1:]
+        out_n[rows] = cnt
     return out_c, out_n
 
 
