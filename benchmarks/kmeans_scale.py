@@ -5,6 +5,10 @@ One LLM-shaped weight matrix (8192 x 12288 = 100.7M float32 values, N(0, 0.02)),
 
 * ours: ``core.kmeans.kmeans_1d`` (per tensor) and ``core.sharing.cluster_weight(granularity="channel")``
   (one 1-D k-means per output row), linear init, scikit-learn's ``tol=1e-4`` criterion;
+* ours-weighted, ours-optimal-weighted: the same with an importance per weight (squared Gaussian draws, as a
+  Fisher diagonal would be), i.e. weighted k-means; their ``weighted_inertia`` is the importance-weighted error;
+* ours-optimal: ``cluster_weight(init="optimal")``: the dynamic programme of ``core.kmeans_optimal`` (every row
+  solved together; exact up to 4096 values per codebook, over 4096 runs of sorted values then Lloyd beyond);
 * scikit-learn ``KMeans`` (Lloyd, ``n_init=1``, same init, same tol) — it does O(n k) work per iteration, so it
   runs on a subsample (``--sk-values`` values per tensor, ``--sk-rows`` rows per channel) and its time is
   scaled linearly to the full size (named as an extrapolation in the table);
@@ -57,18 +61,25 @@ def _inertia_rows(w, decoded) -> float:
     return float((w.double() - decoded.double()).square().sum())
 
 
-def _run_ours(rows: int, cols: int, k: int, granularity: str, tol: float) -> dict:
+def _run_ours(rows: int, cols: int, k: int, granularity: str, tol: float, init: str = "linear",
+              weighted: bool = False) -> dict:
     import torch
 
     from lightning_compress.core.sharing import cluster_weight
 
     w = _matrix(rows, cols)
+    importance = None
+    if weighted:  # a Fisher-like importance: squared Gaussian "gradients" (fixed seed)
+        importance = torch.randn(rows, cols, generator=torch.Generator().manual_seed(1)).square_()
     before = _rss_kib("VmRSS")
     t = time.perf_counter()
-    shared = cluster_weight(w, k, granularity=granularity, tol=tol)
+    shared = cluster_weight(w, k, granularity=granularity, tol=tol, init=init, importance=importance)
     seconds = time.perf_counter() - t
     peak = _rss_kib("VmHWM") - before
-    return {"seconds": seconds, "peak_mib": peak / 1024, "inertia": _inertia_rows(w, shared.decode()),
+    decoded = shared.decode()
+    extra = {} if importance is None else {
+        "weighted_inertia": float((importance.double() * (w.double() - decoded.double()).square()).sum())}
+    return {"seconds": seconds, "peak_mib": peak / 1024, "inertia": _inertia_rows(w, decoded), **extra,
             "values": rows * cols, "measured_values": rows * cols, "threads": torch.get_num_threads()}
 
 
@@ -185,12 +196,16 @@ def main(argv=None) -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="methods to skip: ours sklearn coreai (their rows of the "
                     "previous run are kept)")
     ap.add_argument("--granularities", nargs="+", default=["tensor", "channel"])
+    ap.add_argument("--tag", default="", help="suffix of the result file name (another matrix size)")
     args = ap.parse_args(argv)
     rows, cols = (1024, 1024) if args.quick else (args.rows, args.cols)
     sk_values = min(args.sk_values, rows * cols // 4) if args.quick else args.sk_values
     table = []
     for gran in args.granularities:
         jobs = [("ours", _run_ours, (rows, cols, args.k, gran, args.tol)),
+                ("ours-optimal", _run_ours, (rows, cols, args.k, gran, args.tol, "optimal")),
+                ("ours-weighted", _run_ours, (rows, cols, args.k, gran, args.tol, "linear", True)),
+                ("ours-optimal-weighted", _run_ours, (rows, cols, args.k, gran, args.tol, "optimal", True)),
                 ("sklearn", _run_sklearn, (rows, cols, args.k, gran, args.tol, sk_values, args.sk_rows))]
         if args.coreai_path:
             jobs.append(("coreai-opt", _run_coreai, (rows, cols, args.k, gran, args.tol, args.coreai_path)))
@@ -200,7 +215,7 @@ def main(argv=None) -> None:
             row = {"method": name, "granularity": gran, **measure(fn, *fargs)}
             table.append(row)
             print(json.dumps(row), flush=True)
-    path = result_path(args, "kmeans_scale")
+    path = result_path(args, f"kmeans_scale{args.tag}")
     if args.skip and path.exists():  # keep the skipped methods' rows of the previous run (same sizes)
         old = json.loads(path.read_text())
         if (old["rows"], old["cols"], old["k"]) == (rows, cols, args.k):
