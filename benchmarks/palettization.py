@@ -36,6 +36,7 @@ import math
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -116,7 +117,7 @@ def finetune(dense, dm, steps: int, lr: float, eval_batches, bits: int | None = 
     model = copy.deepcopy(dense)
     model.hparams.lr = lr
     callbacks = [] if bits is None else [lc.WeightSharing(
-        bits, start_step=0, granularity=granularity, weighting="fisher", calibration_batches=16, types=TYPES,
+        bits, start_step=0, granularity=granularity, weighting="fisher", init="optimal", calibration_batches=16, types=TYPES,
         evaluate=False, log_histograms=False)]
     t = time.perf_counter()
     quiet_trainer(1000, callbacks=callbacks, max_steps=steps, limit_val_batches=0).fit(model, datamodule=dm)
@@ -169,7 +170,13 @@ def main(argv=None) -> None:
                     default=["optimal", "linear"], help="share_weights' init: optimal codebooks and/or Lloyd starts")
     ap.add_argument("--finetune-steps", type=int, default=100, help="centroid fine-tuning steps (0: none)")
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
+    ap.add_argument("--summarize", default=None, metavar="JSON", help="only add the over-seeds summary to a result file")
     args = ap.parse_args(argv)
+    if args.summarize:
+        payload = json.loads(open(args.summarize).read())
+        payload["summary"] = summarize(payload["rows"])
+        write_json(Path(args.summarize), payload)
+        return
     TYPES[:] = [TYPE_CHOICES[t] for t in args.types]
     torch.set_num_threads(args.threads)  # more threads than free cores slows a shared machine down ~10x
     steps, eval_batches = (30, 4) if args.quick else (args.steps, args.eval_batches)
@@ -209,6 +216,9 @@ def main(argv=None) -> None:
                       {"steps": steps, "eval_batches": eval_batches, "model": size, "threads": args.threads,
                        "types": args.types, "meta": meta(args), "rows": rows})
     print_table(rows)
+    payload = json.loads(path.read_text())
+    payload["summary"] = summarize(rows)
+    write_json(path, payload)
     print(f"wrote {path}")
 
 
@@ -223,6 +233,35 @@ def finetune_rows(dense, dm, seed: int, steps: int, lr: float, eval_batches, bit
                      **finetune(dense, dm, steps, lr, eval_batches, bits, gran)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per configuration over seeds: mean and spread of the perplexity change vs that seed's dense model (for
+    fine-tuning rows, vs the dense model trained the same extra steps), mean bytes and seconds."""
+    dense = {r["seed"]: r for r in rows if r["method"] == "dense"}
+    dense_ft = {r["seed"]: r for r in rows if r["method"].startswith("dense +")}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "error" in r or r["method"] == "dense" or r["method"].startswith("dense +"):
+            continue
+        key = (r["method"], r["bits"], str(r["granularity"]), r["weighting"], r.get("init", "-"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (method, bits, gran, weighting, init), rs in groups.items():
+        base = dense_ft if method.startswith("WeightSharing") else dense
+        rel = torch.tensor([r["val_ppl"] / base[r["seed"]]["val_ppl"] - 1 for r in rs], dtype=torch.float64)
+        out.append({"method": method, "bits": bits, "granularity": gran, "weighting": weighting, "init": init,
+                    "seeds": len(rs), "ppl_change_mean": float(rel.mean()),
+                    "ppl_change_min": float(rel.min()), "ppl_change_max": float(rel.max()),
+                    "file_bytes_mean": float(sum(r["file_bytes"] for r in rs) / len(rs)),
+                    "seconds_mean": float(sum(r["seconds"] for r in rs) / len(rs))})
+    print("| method | bits | granularity | weighting | init | seeds | ppl vs dense, mean [min, max] | bytes | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in out:
+        print(f"| {r['method']} | {r['bits']} | {r['granularity']} | {r['weighting']} | {r['init']} | {r['seeds']} | "
+              f"{r['ppl_change_mean']:+.2%} [{r['ppl_change_min']:+.2%}, {r['ppl_change_max']:+.2%}] | "
+              f"{r['file_bytes_mean']:,.0f} | {r['seconds_mean']:.2f} |")
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
