@@ -32,8 +32,7 @@ from lightning_compress.core.bit_allocation import (
 )
 from lightning_compress.core.bits import FLOAT_BITS
 from lightning_compress.core.importance import fisher_diagonal
-from lightning_compress.core.kmeans import INITS
-from lightning_compress.core.sharing import GRANULARITIES, cluster_weight, codebook_size
+from lightning_compress.core.sharing import GRANULARITIES, SHARING_INITS, cluster_weight, codebook_size
 from lightning_compress.core.targets import Target, find_targets, per_target_value
 from lightning_compress.validation import (
     as_config_error,
@@ -64,7 +63,7 @@ def share_weights(
     calibration_batches: int = 16,
     target_bits: float | None = None,
     target_bytes: int | None = None,
-    init: str = "optimal",
+    init: str = "auto",
     seed: int | None = 0,
     max_iter: int = 300,
     tol: float = 0.0,
@@ -84,8 +83,9 @@ def share_weights(
         target_bits: with ``bits="auto"``, the average bits per non-zero weight, codebooks included.
         target_bytes: with ``bits="auto"``, a size budget for the selected tensors' codes and codebooks plus
             every other parameter and buffer at 32 bits (an estimate of the file: no entropy coding).
-        init: ``"optimal"`` (default, the globally optimal codebooks by dynamic programming,
-            ``core.kmeans_optimal``) or a Lloyd start (``linear``, ``density``, ``random``, ``kmeans++``).
+        init: ``"auto"`` (default: Lloyd from the linear start for one codebook per tensor, ``"optimal"`` for
+            per-channel and per-group codebooks), ``"optimal"`` (the globally optimal codebooks by dynamic
+            programming, ``core.kmeans_optimal``) or a Lloyd start (``linear``, ``density``, ``random``, ``kmeans++``).
         seed, max_iter, tol: Lloyd settings (``core.kmeans.kmeans_1d``).
     """
     _check_arguments(model, bits, granularity, weighting, dataloader, loss_fn, calibration_batches, target_bits,
@@ -185,7 +185,7 @@ def _check_arguments(model: Any, bits: Any, granularity: Any, weighting: Any, da
                     f"got target_bits={target_bits!r}, target_bytes={target_bytes!r}")
     if bits != "auto" and (target_bits is not None or target_bytes is not None):
         fail(OWNER, f"target_bits/target_bytes only apply to bits='auto', got bits={bits!r}")
-    check_choice(OWNER, "init", init, INITS)
+    check_choice(OWNER, "init", init, SHARING_INITS)
     check_int(OWNER, "seed", seed, allow_none=True)
     check_int(OWNER, "max_iter", max_iter, low=1)
     check_number(OWNER, "tol", tol, low=0)

@@ -155,3 +155,13 @@ def test_grouped_optimal_clustering_is_each_groups_optimum(granularity):
         assert got <= _brute_force(block[kept], imp[kept], 3) * (1 + 1e-6) + 1e-9
         loop = cluster_weight(block, 3, init="optimal", importance=imp)  # the one-group path agrees
         assert torch.allclose(loop.decode(), out, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_init_is_linear_lloyd_per_tensor_and_optimal_per_group():
+    torch.manual_seed(6)
+    w = torch.distributions.StudentT(3.0).sample((12, 20))
+    for granularity, same_as in (("tensor", "linear"), ("channel", "optimal"), (4, "optimal")):
+        auto = cluster_weight(w, 4, init="auto", granularity=granularity)
+        explicit = cluster_weight(w, 4, init=same_as, granularity=granularity)
+        assert torch.equal(auto.decode(), explicit.decode())
+    assert not torch.equal(cluster_weight(w, 4, init="linear").decode(), cluster_weight(w, 4, init="optimal").decode())

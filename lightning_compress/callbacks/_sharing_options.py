@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from lightning_compress.core.bit_allocation import BIT_CHOICES
 from lightning_compress.core.bits import FLOAT_BITS
-from lightning_compress.core.kmeans import INITS
+from lightning_compress.core.sharing import SHARING_INITS
 from lightning_compress.core.sharing import GRANULARITIES
 from lightning_compress.core.targets import resolve_types
 from lightning_compress.schedules.events import EventSchedule
@@ -72,7 +72,7 @@ class SharingOptions:
         check_int(OWNER, "start_epoch", start_epoch, low=0, allow_none=True)
         check_int(OWNER, "start_step", start_step, low=0, allow_none=True)
         check_int(OWNER, "layer_interval", layer_interval, low=0)
-        check_choice(OWNER, "init", init, INITS)
+        check_choice(OWNER, "init", init, SHARING_INITS)
         check_choice(OWNER, "reduction", reduction, ("sum", "mean"))
         try:
             resolve_types(types)

@@ -84,8 +84,9 @@ class WeightSharing(Callback):
         start_step: global step at which clustering happens instead (exclusive with ``start_epoch``).
         layer_interval: epochs (or steps) between layers when clustering layer by layer, in model order;
             0 clusters all layers at once.
-        init: ``optimal`` (default): each codebook is the globally optimal (weighted) 1-D k-means, found by dynamic
-            programming (``core.kmeans_optimal``); or Lloyd from ``linear`` (the paper's best start), ``density``,
+        init: ``auto`` (default): Lloyd from the linear start for one codebook per tensor (the paper's), ``optimal``
+            for per-channel and per-group codebooks. ``optimal``: each codebook is the globally optimal (weighted)
+            1-D k-means, by dynamic programming (``core.kmeans_optimal``). Or Lloyd from ``linear``, ``density``,
             ``random``, ``kmeans++``.
         reduction: centroid gradient, ``sum`` (default, the paper) or ``mean`` of the member gradients.
         include: globs over parameter or module names of the layers to share (default: every layer of ``types``).
@@ -111,7 +112,7 @@ class WeightSharing(Callback):
         start_epoch: int | None = None,
         start_step: int | None = None,
         layer_interval: int = 0,
-        init: str = "optimal",
+        init: str = "auto",
         reduction: str = "sum",
         include: Sequence[str] | str | None = None,
         exclude: Sequence[str] | str | None = None,

@@ -34,12 +34,15 @@ import torch
 from lightning_compress.core.bits import FLOAT_BITS, index_bits
 from lightning_compress.core.distributed import Parts
 from lightning_compress.core.group_clustering import cluster_groups_lloyd, cluster_groups_optimal
-from lightning_compress.core.kmeans import Init, kmeans_1d
+from lightning_compress.core.kmeans import INITS, Init, kmeans_1d
 
 Reduction = Literal["sum", "mean"]
 #: ``"tensor"`` (one codebook), ``"channel"`` (one per output channel) or an int G' (one per G' output channels).
 Granularity = Union[Literal["tensor", "channel"], int]
 GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
+#: ``init`` of the sharing entry points: ``"auto"`` (Lloyd from the linear start for one codebook per tensor, the
+#: optimal codebooks for per-channel and per-group ones; see ``cluster_weight``) or any of ``core.kmeans.INITS``.
+SHARING_INITS: tuple[str, ...] = ("auto", *INITS)
 #: Projection after an optimizer step: cluster means, or one member per cluster (exact when every member of a
 #: cluster was updated identically, i.e. an element-wise optimizer whose state is the same across the cluster).
 Projection = Literal["mean", "representative"]
@@ -311,6 +314,10 @@ def cluster_weight(
     centroids any group found) and are not part of any cluster. ``importance`` (weight-shaped, >= 0) weights
     each weight's squared error (sensitivity-weighted k-means); a group whose importance is all zero is
     clustered unweighted. An all-zero tensor gets an empty codebook.
+
+    ``init="auto"``: one codebook per tensor uses Lloyd from the linear start (Deep Compression's choice: it
+    keeps the rare large weights represented, and gave lower perplexity than the least-squares optimum on
+    TinyGPT, ``benchmarks/palettization.py``); per-channel and per-group codebooks use ``"optimal"``.
     """
     if importance is not None:
         if tuple(importance.shape) != tuple(weight.shape):
@@ -322,6 +329,8 @@ def cluster_weight(
     rpg = rows_per_group(w.shape, granularity)
     w2 = w.reshape(rows, -1)
     imp2 = importance.detach().double().cpu().reshape(rows, -1) if importance is not None else None
+    if init == "auto":
+        init = "linear" if rpg >= rows else "optimal"
     if init == "optimal" and rpg < rows:  # many codebooks: solved together
         centroids, codes = cluster_groups_optimal(w2, imp2, rpg, k)
     else:
