@@ -197,6 +197,8 @@ def main(argv=None) -> None:
                     "previous run are kept)")
     ap.add_argument("--granularities", nargs="+", default=["tensor", "channel"])
     ap.add_argument("--tag", default="", help="suffix of the result file name (another matrix size)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these methods (e.g. ours-optimal "
+                    "ours-optimal-weighted); the other rows of the previous run are kept")
     args = ap.parse_args(argv)
     rows, cols = (1024, 1024) if args.quick else (args.rows, args.cols)
     sk_values = min(args.sk_values, rows * cols // 4) if args.quick else args.sk_values
@@ -210,17 +212,17 @@ def main(argv=None) -> None:
         if args.coreai_path:
             jobs.append(("coreai-opt", _run_coreai, (rows, cols, args.k, gran, args.tol, args.coreai_path)))
         for name, fn, fargs in jobs:
-            if name.split("-")[0] in args.skip:
+            if name.split("-")[0] in args.skip or (args.only is not None and name not in args.only):
                 continue
             row = {"method": name, "granularity": gran, **measure(fn, *fargs)}
             table.append(row)
             print(json.dumps(row), flush=True)
     path = result_path(args, f"kmeans_scale{args.tag}")
-    if args.skip and path.exists():  # keep the skipped methods' rows of the previous run (same sizes)
+    if (args.skip or args.only is not None) and path.exists():  # keep the other methods' rows (same sizes)
         old = json.loads(path.read_text())
+        ran = {(r["method"], r["granularity"]) for r in table}
         if (old["rows"], old["cols"], old["k"]) == (rows, cols, args.k):
-            kept = [r for r in old["table"] if r["method"].split("-")[0] in args.skip
-                    or r["granularity"] not in args.granularities]
+            kept = [r for r in old["table"] if (r["method"], r["granularity"]) not in ran]
             table = sorted(kept + table, key=lambda r: (r["granularity"] != "tensor", r["method"]))
     ours = {r["granularity"]: r for r in table if r["method"] == "ours" and "error" not in r}
     for r in table:

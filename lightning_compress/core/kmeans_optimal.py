@@ -230,11 +230,11 @@ def _dynamic_programme(prefix: _Prefix, k: int) -> torch.Tensor:
     best = prefix.first_row()
     back = torch.zeros(k, prefix.groups, prefix.n1, dtype=torch.int32)
     for j in range(1, k):
-        best, back[j] = _next_row(prefix, best)
+        best, back[j] = _next_row(prefix, best, back[j - 1])
     return back
 
 
-def _next_row(prefix: _Prefix, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _next_row(prefix: _Prefix, prev: torch.Tensor, prev_arg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``D[j][i] = min_{t <= i} D[j-1][t] + cost(t, i)`` for every row and i, by level-wise divide and conquer.
 
     A node covers end points [lo, hi] (the same for every row) and, per row, candidate starts [olo, ohi].
@@ -249,7 +249,10 @@ def _next_row(prefix: _Prefix, prev: torch.Tensor) -> tuple[torch.Tensor, torch.
     ohi = torch.full((groups, 1), n1 - 1, dtype=torch.long)
     while lo.numel():
         mid = (lo + hi) // 2
-        value, choice = _scan(lookup, n1, mid, olo, torch.minimum(ohi, mid[None, :]))
+        stop = torch.minimum(ohi, mid[None, :])
+        # with one run more, the last run starts no earlier (Knuth-Yao): narrows the range from below
+        start = torch.minimum(torch.maximum(olo, prev_arg[:, mid].long()), stop)
+        value, choice = _scan(lookup, n1, mid, start, stop)
         out[:, mid], arg[:, mid] = value, choice.int()
         left, right = lo <= mid - 1, mid + 1 <= hi
         lo = torch.cat([lo[left], (mid + 1)[right]])
