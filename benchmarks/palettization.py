@@ -175,6 +175,7 @@ def main(argv=None) -> None:
     if args.summarize:
         payload = json.loads(open(args.summarize).read())
         payload["summary"] = summarize(payload["rows"])
+        payload["equal_bytes"] = equal_bytes(payload["summary"])
         write_json(Path(args.summarize), payload)
         return
     TYPES[:] = [TYPE_CHOICES[t] for t in args.types]
@@ -218,6 +219,7 @@ def main(argv=None) -> None:
     print_table(rows)
     payload = json.loads(path.read_text())
     payload["summary"] = summarize(rows)
+    payload["equal_bytes"] = equal_bytes(payload["summary"])
     write_json(path, payload)
     print(f"wrote {path}")
 
@@ -261,6 +263,27 @@ def summarize(rows: list[dict]) -> list[dict]:
         print(f"| {r['method']} | {r['bits']} | {r['granularity']} | {r['weighting']} | {r['init']} | {r['seeds']} | "
               f"{r['ppl_change_mean']:+.2%} [{r['ppl_change_min']:+.2%}, {r['ppl_change_max']:+.2%}] | "
               f"{r['file_bytes_mean']:,.0f} | {r['seconds_mean']:.2f} |")
+    return out
+
+
+def equal_bytes(summary: list[dict]) -> list[dict]:
+    """For every coreai-opt setting: our post-training setting with the lowest mean perplexity among those whose
+    mean file is no larger than coreai-opt's (any bits, granularity, weighting, init)."""
+    ours = [s for s in summary if s["method"] == "share_weights"]
+    out = []
+    for peer in (s for s in summary if s["method"].startswith("coreai-opt")):
+        fits = [s for s in ours if s["file_bytes_mean"] <= peer["file_bytes_mean"]]
+        best = min(fits, key=lambda s: s["ppl_change_mean"], default=None)
+        out.append({"coreai_opt": peer, "ours": best,
+                    "ours_better": best is not None and best["ppl_change_mean"] < peer["ppl_change_mean"]})
+    print("| coreai-opt setting | its ppl, bytes | our best at <= bytes | our ppl, bytes |")
+    print("|---|---|---|---|")
+    for r in out:
+        p, o = r["coreai_opt"], r["ours"]
+        mine = "none" if o is None else f"{o['bits']}-bit {o['granularity']} {o['weighting']} {o['init']}"
+        nums = "" if o is None else f"{o['ppl_change_mean']:+.2%}, {o['file_bytes_mean']:,.0f}"
+        print(f"| {p['bits']}-bit {p['granularity']} | {p['ppl_change_mean']:+.2%}, {p['file_bytes_mean']:,.0f} | "
+              f"{mine} | {nums} |")
     return out
 
 
