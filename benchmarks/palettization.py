@@ -51,6 +51,11 @@ from lightning_compress.zoo import TextDataModule, TinyGPT
 
 TYPE_CHOICES = {"linear": "linear", "embedding": "embedding", "attention": nn.MultiheadAttention}
 TYPES = ["linear", "embedding", nn.MultiheadAttention]  # --types; coreai-opt leaves attention in_proj dense
+EXCLUDE: list[str] = []  # --exclude: globs left dense (coreai-opt also leaves TinyGPT's position table dense)
+
+
+def selected(model: nn.Module) -> list[str]:
+    return [t.name for t in find_targets(model, types=TYPES, exclude=EXCLUDE or None)]
 GRANULARITIES = ["tensor", "channel", 8, 32]
 
 
@@ -85,7 +90,7 @@ def train_dense(seed: int, steps: int, train_limit: int | None, size: dict) -> t
 
 def file_bytes(model: nn.Module, grouped: dict[str, int | str]) -> int:
     """Real .lcz bytes of ``model``'s weights: selected tensors compressed (grouped where given), ties once."""
-    names = [t.name for t in find_targets(model, types=TYPES)]
+    names = selected(model)
     state, seen = {}, set()
     for name, tensor in model.state_dict(keep_vars=False).items():
         key = (tensor.data_ptr(), tuple(tensor.shape))
@@ -104,9 +109,10 @@ def run_ours(dense, dm, bits: int, granularity, weighting, eval_batches, init: s
     if weighting:
         kwargs = {"weighting": "fisher", "dataloader": dm.train_dataloader(), "loss_fn": lm_loss, "calibration_batches": 16}
     t = time.perf_counter()
-    lc.share_weights(model, bits=bits, granularity=granularity, types=TYPES, init=init, **kwargs)
+    lc.share_weights(model, bits=bits, granularity=granularity, types=TYPES, exclude=EXCLUDE or None, init=init,
+                     **kwargs)
     seconds = time.perf_counter() - t
-    grouped = {} if granularity == "tensor" else {t.name: "auto" for t in find_targets(model, types=TYPES)}
+    grouped = {} if granularity == "tensor" else {name: "auto" for name in selected(model)}
     return {"seconds": seconds, "val_ppl": perplexity(model, dm.val_dataloader(), eval_batches),
             "file_bytes": file_bytes(model, grouped)}
 
@@ -117,13 +123,13 @@ def finetune(dense, dm, steps: int, lr: float, eval_batches, bits: int | None = 
     model = copy.deepcopy(dense)
     model.hparams.lr = lr
     callbacks = [] if bits is None else [lc.WeightSharing(
-        bits, start_step=0, granularity=granularity, weighting="fisher", init="optimal", calibration_batches=16, types=TYPES,
-        evaluate=False, log_histograms=False)]
+        bits, start_step=0, granularity=granularity, weighting="fisher", init="optimal", calibration_batches=16,
+        types=TYPES, exclude=EXCLUDE or None, evaluate=False, log_histograms=False)]
     t = time.perf_counter()
     quiet_trainer(1000, callbacks=callbacks, max_steps=steps, limit_val_batches=0).fit(model, datamodule=dm)
     seconds = time.perf_counter() - t
     model.eval()
-    grouped = {} if bits is None else {t.name: "auto" for t in find_targets(model, types=TYPES)}
+    grouped = {} if bits is None else {name: "auto" for name in selected(model)}
     return {"seconds": seconds, "val_ppl": perplexity(model, dm.val_dataloader(), eval_batches),
             "file_bytes": file_bytes(model, grouped) if bits is not None else file_bytes(model, {})}
 
@@ -166,6 +172,8 @@ def main(argv=None) -> None:
     ap.add_argument("--types", nargs="+", choices=sorted(TYPE_CHOICES), default=["linear", "embedding", "attention"],
                     help="tensors share_weights selects (and the file compresses); 'linear embedding' = coreai-opt's")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--exclude", nargs="*", default=[], help="globs of tensors left dense (e.g. pos.weight, which "
+                    "coreai-opt does not palettize)")
     ap.add_argument("--inits", nargs="+", choices=["optimal", "linear", "density", "kmeans++"],
                     default=["optimal", "linear"], help="share_weights' init: optimal codebooks and/or Lloyd starts")
     ap.add_argument("--finetune-steps", type=int, default=100, help="centroid fine-tuning steps (0: none)")
@@ -179,6 +187,7 @@ def main(argv=None) -> None:
         write_json(Path(args.summarize), payload)
         return
     TYPES[:] = [TYPE_CHOICES[t] for t in args.types]
+    EXCLUDE[:] = args.exclude
     torch.set_num_threads(args.threads)  # more threads than free cores slows a shared machine down ~10x
     steps, eval_batches = (30, 4) if args.quick else (args.steps, args.eval_batches)
     size = {"d_model": 64, "n_layers": 1, "context": 32} if args.quick else {"d_model": 128, "n_layers": 2, "context": 64}
