@@ -165,3 +165,6 @@ def test_auto_init_is_linear_lloyd_per_tensor_and_optimal_per_group():
         explicit = cluster_weight(w, 4, init=same_as, granularity=granularity)
         assert torch.equal(auto.decode(), explicit.decode())
     assert not torch.equal(cluster_weight(w, 4, init="linear").decode(), cluster_weight(w, 4, init="optimal").decode())
+    importance = torch.rand(12, 20)
+    weighted = cluster_weight(w, 4, init="auto", importance=importance)  # weighted per tensor: the optimum
+    assert torch.equal(weighted.decode(), cluster_weight(w, 4, init="optimal", importance=importance).decode())

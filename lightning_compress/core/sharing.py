@@ -40,8 +40,8 @@ Reduction = Literal["sum", "mean"]
 #: ``"tensor"`` (one codebook), ``"channel"`` (one per output channel) or an int G' (one per G' output channels).
 Granularity = Union[Literal["tensor", "channel"], int]
 GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
-#: ``init`` of the sharing entry points: ``"auto"`` (Lloyd from the linear start for one codebook per tensor, the
-#: optimal codebooks for per-channel and per-group ones; see ``cluster_weight``) or any of ``core.kmeans.INITS``.
+#: ``init`` of the sharing entry points: ``"auto"`` (Lloyd from the linear start for one unweighted codebook per
+#: tensor, the optimal codebooks otherwise; see ``cluster_weight``) or any of ``core.kmeans.INITS``.
 SHARING_INITS: tuple[str, ...] = ("auto", *INITS)
 #: Projection after an optimizer step: cluster means, or one member per cluster (exact when every member of a
 #: cluster was updated identically, i.e. an element-wise optimizer whose state is the same across the cluster).
@@ -315,9 +315,10 @@ def cluster_weight(
     each weight's squared error (sensitivity-weighted k-means); a group whose importance is all zero is
     clustered unweighted. An all-zero tensor gets an empty codebook.
 
-    ``init="auto"``: one codebook per tensor uses Lloyd from the linear start (Deep Compression's choice: it
-    keeps the rare large weights represented, and gave lower perplexity than the least-squares optimum on
-    TinyGPT, ``benchmarks/palettization.py``); per-channel and per-group codebooks use ``"optimal"``.
+    ``init="auto"``: an unweighted codebook per tensor uses Lloyd from the linear start (Deep Compression's
+    choice: it keeps the rare large weights represented, which plain squared error undervalues; on TinyGPT it
+    gave lower perplexity than the least-squares optimum, ``benchmarks/palettization.py``); per-channel and
+    per-group codebooks, and importance-weighted ones (whose error already says what matters), use ``"optimal"``.
     """
     if importance is not None:
         if tuple(importance.shape) != tuple(weight.shape):
@@ -330,7 +331,7 @@ def cluster_weight(
     w2 = w.reshape(rows, -1)
     imp2 = importance.detach().double().cpu().reshape(rows, -1) if importance is not None else None
     if init == "auto":
-        init = "linear" if rpg >= rows else "optimal"
+        init = "linear" if rpg >= rows and imp2 is None else "optimal"
     if init == "optimal" and rpg < rows:  # many codebooks: solved together
         centroids, codes = cluster_groups_optimal(w2, imp2, rpg, k)
     else:
