@@ -352,6 +352,45 @@ def render_transformer_file(path: Path) -> str:
     return "\n".join(out)
 
 
+def render_palettization() -> str:
+    paths = [p for p in select("palettization") if "summary" in load(p)]
+    if not paths:
+        return missing("palettization.json", "python benchmarks/palettization.py --seeds 0 1 2")
+    return "\n".join(render_palettization_file(path) for path in paths)
+
+
+def render_palettization_file(path: Path) -> str:
+    """The over-seeds summary (ours, coreai-opt, centroid fine-tuning) and the equal-bytes comparison."""
+    data = load(path)
+    seeds = sorted({r["seed"] for r in data["rows"]})
+    dense = [r["val_ppl"] for r in data["rows"] if r["method"] == "dense"]
+    args = data.get("meta", {}).get("args", {})
+    out = [source(path, data) + f" Seeds {seeds}; {data.get('steps')} dense training steps; model {data.get('model')}; "
+           f"tensors: {', '.join(data.get('types', []))}"
+           + (f", except {', '.join(args['exclude'])}" if args.get("exclude") else "")
+           + f"; dense validation perplexity {', '.join(f'{p:.3f}' for p in dense)}.", ""]
+    rows = [[s["method"], s["bits"], s["granularity"], s["weighting"], s["init"],
+             f"{s['ppl_change_mean']:+.2%} [{s['ppl_change_min']:+.2%}, {s['ppl_change_max']:+.2%}]",
+             num(round(s["file_bytes_mean"])), f"{s['seconds_mean']:.2f}"] for s in data["summary"]]
+    out += [table(["method", "bits", "granularity", "weighting", "init", "perplexity vs dense: mean [min, max]",
+                   "file bytes (mean)", "seconds (mean)"], rows, "---|---:|---|---|---|---:|---:|---:"), ""]
+    pairs = data.get("equal_bytes", [])
+    if pairs:
+        rows = []
+        for pair in pairs:
+            peer, ours = pair["coreai_opt"], pair["ours"]
+            rows.append([f"{peer['bits']}-bit, {peer['granularity']}",
+                         f"{peer['ppl_change_mean']:+.2%}, {num(round(peer['file_bytes_mean']))} B",
+                         "none" if ours is None else f"{ours['bits']}-bit, {ours['granularity']}, {ours['weighting']}, "
+                                                     f"{ours['init']}",
+                         "" if ours is None else f"{ours['ppl_change_mean']:+.2%}, {num(round(ours['file_bytes_mean']))} B",
+                         "yes" if pair["ours_better"] else "no"])
+        out += ["At equal bytes: for each coreai-opt setting, the best of ours whose file is no larger.", "",
+                table(["coreai-opt", "its perplexity change, file", "ours (best at <= bytes)", "our change, file",
+                       "ours better"], rows, "---|---:|---|---:|---"), ""]
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "paper": render_paper,
     "deep_compression": render_deep_compression,
@@ -360,6 +399,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "sharing": render_sharing,
     "factorization": render_factorization,
     "transformer": render_transformer,
+    "palettization": render_palettization,
 }
 
 
