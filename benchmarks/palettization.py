@@ -117,13 +117,15 @@ def run_ours(dense, dm, bits: int, granularity, weighting, eval_batches, init: s
             "file_bytes": file_bytes(model, grouped)}
 
 
-def finetune(dense, dm, steps: int, lr: float, eval_batches, bits: int | None = None, granularity="channel") -> dict:
+def finetune(dense, dm, steps: int, lr: float, eval_batches, bits: int | None = None, granularity="channel",
+             weighting: str = "fisher") -> dict:
     """``steps`` more training steps of a copy of ``dense``: plain (``bits=None``) or with WeightSharing
-    clustering at step 0 (Fisher-weighted, optimal codebooks) and training the centroids from there."""
+    clustering at step 0 (optimal codebooks, Fisher-weighted or plain) and training the centroids from there."""
     model = copy.deepcopy(dense)
     model.hparams.lr = lr
     callbacks = [] if bits is None else [lc.WeightSharing(
-        bits, start_step=0, granularity=granularity, weighting="fisher", init="optimal", calibration_batches=16,
+        bits, start_step=0, granularity=granularity, weighting=None if weighting == "plain" else weighting,
+        init="optimal", calibration_batches=16,
         types=TYPES, exclude=EXCLUDE or None, evaluate=False, log_histograms=False)]
     t = time.perf_counter()
     quiet_trainer(1000, callbacks=callbacks, max_steps=steps, limit_val_batches=0).fit(model, datamodule=dm)
@@ -178,6 +180,10 @@ def main(argv=None) -> None:
                     default=["optimal", "linear"], help="share_weights' init: optimal codebooks and/or Lloyd starts")
     ap.add_argument("--finetune-steps", type=int, default=100, help="centroid fine-tuning steps (0: none)")
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
+    ap.add_argument("--finetune-granularities", nargs="+", default=["channel", "32"],
+                    help="granularities fine-tuned with WeightSharing (tensor, channel or a group size)")
+    ap.add_argument("--finetune-weightings", nargs="+", choices=["plain", "fisher"], default=["fisher"])
+    ap.add_argument("--skip-post-training", action="store_true", help="only the centroid fine-tuning runs")
     ap.add_argument("--summarize", default=None, metavar="JSON", help="only add the over-seeds summary to a result file")
     args = ap.parse_args(argv)
     if args.summarize:
@@ -204,24 +210,13 @@ def main(argv=None) -> None:
                 "train_seconds": train_s}
         rows.append(base)
         print(json.dumps(base), flush=True)
-        for bits in bits_list:
-            for gran in grans:
-                for weighting, init in itertools.product((None, "fisher"), args.inits):
-                    r = run_ours(dense, dm, bits, gran, weighting, eval_batches, init)
-                    rows.append({"seed": seed, "method": "share_weights", "bits": bits, "granularity": gran,
-                                 "weighting": weighting or "plain", "init": init, **r})
-                    print(json.dumps(rows[-1]), flush=True)
-                if args.coreai_path:
-                    try:
-                        r = run_coreai(dense, dm, bits, gran, eval_batches, args.coreai_path)
-                    except Exception as err:  # noqa: BLE001 - reported, the run goes on
-                        r = {"error": f"{type(err).__name__}: {err}"[:300]}
-                    rows.append({"seed": seed, "method": "coreai-opt KMeansPalettizer", "bits": bits,
-                                 "granularity": gran, "weighting": "plain", **r})
-                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "palettized"}), flush=True)
+        if not args.skip_post_training:
+            rows += post_training_rows(dense, dm, seed, bits_list, grans, args, eval_batches)
         ft_steps = 5 if args.quick else args.finetune_steps
         if ft_steps:
-            rows += finetune_rows(dense, dm, seed, ft_steps, args.finetune_lr, eval_batches, bits_list)
+            ft_grans = [g if g in ("tensor", "channel") else int(g) for g in args.finetune_granularities]
+            rows += finetune_rows(dense, dm, seed, ft_steps, args.finetune_lr, eval_batches, bits_list,
+                                  ft_grans, args.finetune_weightings)
     path = write_json(result_path(args, f"palettization{args.tag}"),
                       {"steps": steps, "eval_batches": eval_batches, "model": size, "threads": args.threads,
                        "types": args.types, "meta": meta(args), "rows": rows})
@@ -233,15 +228,37 @@ def main(argv=None) -> None:
     print(f"wrote {path}")
 
 
-def finetune_rows(dense, dm, seed: int, steps: int, lr: float, eval_batches, bits_list) -> list[dict]:
-    """The dense model trained ``steps`` more, and WeightSharing fine-tuning per channel and per 32 channels."""
+def post_training_rows(dense, dm, seed: int, bits_list, grans, args, eval_batches) -> list[dict]:
+    """share_weights at every bits x granularity x weighting x init, and coreai-opt beside each (when given)."""
+    rows = []
+    for bits in bits_list:
+        for gran in grans:
+            for weighting, init in itertools.product((None, "fisher"), args.inits):
+                r = run_ours(dense, dm, bits, gran, weighting, eval_batches, init)
+                rows.append({"seed": seed, "method": "share_weights", "bits": bits, "granularity": gran,
+                             "weighting": weighting or "plain", "init": init, **r})
+                print(json.dumps(rows[-1]), flush=True)
+            if args.coreai_path:
+                try:
+                    r = run_coreai(dense, dm, bits, gran, eval_batches, args.coreai_path)
+                except Exception as err:  # noqa: BLE001 - reported, the run goes on
+                    r = {"error": f"{type(err).__name__}: {err}"[:300]}
+                rows.append({"seed": seed, "method": "coreai-opt KMeansPalettizer", "bits": bits,
+                             "granularity": gran, "weighting": "plain", **r})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "palettized"}), flush=True)
+    return rows
+
+
+def finetune_rows(dense, dm, seed: int, steps: int, lr: float, eval_batches, bits_list, grans=("channel", 32),
+                  weightings=("fisher",)) -> list[dict]:
+    """The dense model trained ``steps`` more, and WeightSharing fine-tuning at every bits x granularity x weighting."""
     rows = [{"seed": seed, "method": f"dense +{steps} steps", "bits": 32, "granularity": "-", "weighting": "-",
              **finetune(dense, dm, steps, lr, eval_batches)}]
     print(json.dumps(rows[-1]), flush=True)
-    for bits, gran in itertools.product(bits_list, ("channel", 32)):
+    for bits, gran, weighting in itertools.product(bits_list, grans, weightings):
         rows.append({"seed": seed, "method": f"WeightSharing +{steps} steps", "bits": bits, "granularity": gran,
-                     "weighting": "fisher", "init": "optimal",
-                     **finetune(dense, dm, steps, lr, eval_batches, bits, gran)})
+                     "weighting": weighting, "init": "optimal",
+                     **finetune(dense, dm, steps, lr, eval_batches, bits, gran, weighting)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
