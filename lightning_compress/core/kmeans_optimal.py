@@ -30,7 +30,7 @@ import torch
 #: Rows up to this many values are solved exactly; longer ones over this many runs of sorted values.
 EXACT_POINTS = 4096
 #: The back-pointer table holds k x groups x (n + 1) int32 entries; problems are solved in chunks under this.
-TABLE_ENTRIES = 1 << 25
+TABLE_ENTRIES = 1 << 23
 
 
 def optimal_kmeans_rows(
