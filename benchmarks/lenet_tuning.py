@@ -50,11 +50,26 @@ RECIPES = {
 }
 GOAL_RATIO, AIM_RATIO, GOAL_DROP_POINTS = 48.0, 64.0, 0.3
 
-# Candidate = {callback class name: init_args replaced in the shipped recipe}. "shipped" is the recipe unchanged.
+# The pruning and sharing settings of the two recipes before this tuning (commit 0511208): every candidate starts
+# from these, so a candidate means the same run after the recipes were updated to the chosen ones.
+BASE = {
+    "lenet300100": {
+        "GradualMagnitudePruning": {"final_sparsity": {"fc1.weight": 0.94, "fc2.weight": 0.9, "fc3.weight": 0.7},
+                                    "start_epoch": 1, "end_epoch": 8, "update_every": 0.5, "schedule": "cubic"},
+        "WeightSharing": {"bits": 6, "start_epoch": 10, "init": "linear", "reduction": "sum"},
+    },
+    "lenet5": {
+        "GradualMagnitudePruning": {"final_sparsity": {"conv1.weight": 0.34, "conv2.weight": 0.88, "fc1.weight": 0.95,
+                                                       "fc2.weight": 0.81},
+                                    "start_epoch": 1, "end_epoch": 4, "update_every": 0.25, "schedule": "cubic"},
+        "WeightSharing": {"bits": {"conv": 8, "linear": 5}, "start_epoch": 5, "init": "linear", "reduction": "sum"},
+    },
+}
+# Candidate = {callback class name: init_args replaced in BASE}. "previous" is BASE unchanged (the old recipe).
 L3_FISHER = {"weighting": "fisher", "calibration_batches": 16}
 L5_FISHER = {"weighting": "fisher", "calibration_batches": 16}
 CANDIDATES: dict[str, dict[str, dict]] = {
-    "lenet300100/shipped": {},
+    "lenet300100/previous": {},
     # Same pruning (kept 6% / 10% / 30%); fc1 (88% of the weights) at 4 bits, fc2 at 5, Fisher-weighted k-means.
     "lenet300100/fisher_4b": {
         "WeightSharing": {"bits": {"fc1.weight": 4, "fc2.weight": 5, "fc3.weight": 6}, **L3_FISHER},
@@ -86,7 +101,7 @@ CANDIDATES: dict[str, dict[str, dict]] = {
         "WeightSharing": {"bits": {"fc1.weight": 4, "fc2.weight": 4, "fc3.weight": 5}, **L3_FISHER,
                           "start_epoch": 14, "reduction": "mean"},
     },
-    "lenet5/shipped": {},
+    "lenet5/previous": {},
     # Same pruning; fc1 (93% of the weights) at 4 bits, the convs at 6 (conv1 was stored raw), Fisher-weighted.
     "lenet5/fisher_4b": {
         "WeightSharing": {"bits": {"conv1.weight": 6, "conv2.weight": 6, "fc1.weight": 4, "fc2.weight": 5},
@@ -99,6 +114,24 @@ CANDIDATES: dict[str, dict[str, dict]] = {
         "WeightSharing": {"bits": {"conv1.weight": 6, "conv2.weight": 6, "fc1.weight": 4, "fc2.weight": 5},
                           **L5_FISHER},
     },
+}
+# Toward 64x: the sparse candidate above with fc1 at 3 bits (7 centroids).
+CANDIDATES["lenet300100/sparse_fisher_3b_last_mean"] = {
+    "GradualMagnitudePruning": CANDIDATES["lenet300100/sparse_fisher_4b"]["GradualMagnitudePruning"],
+    "WeightSharing": {**CANDIDATES["lenet300100/sparse_fisher_4b_last_mean"]["WeightSharing"],
+                      "bits": {"fc1.weight": 3, "fc2.weight": 4, "fc3.weight": 5}},
+}
+# 3 seeds: with the last-epoch clustering the compressed net ends where the pruned one was (clustering now costs
+# about nothing); what is left is the pruning gap. Two ways at it: the pruning ramp ending earlier (epoch 6 of 15,
+# more epochs to recover before the LR tail), and fc1 less sparse (kept 7%) paid for with 3 bits.
+CANDIDATES["lenet300100/fisher_4b_last_mean_ramp6"] = {
+    "GradualMagnitudePruning": {"end_epoch": 6},
+    "WeightSharing": CANDIDATES["lenet300100/fisher_4b_last_mean"]["WeightSharing"],
+}
+CANDIDATES["lenet300100/kept7_fisher_3b_last_mean"] = {
+    "GradualMagnitudePruning": {"final_sparsity": {"fc1.weight": 0.93, "fc2.weight": 0.9, "fc3.weight": 0.7}},
+    "WeightSharing": {**CANDIDATES["lenet300100/fisher_4b_last_mean"]["WeightSharing"],
+                      "bits": {"fc1.weight": 3, "fc2.weight": 4, "fc3.weight": 5}},
 }
 # LeNet-5, seed 0: the same picture (clustering 90.82% -> 90.90%, then 3 epochs of centroid fine-tuning -> 90.58%
 # while dense gained a point); the same change: cluster at the start of the last epoch (7 of 8), mean reduction.
@@ -116,19 +149,18 @@ QUICK_OVERRIDES = ["--trainer.limit_train_batches=6", "--trainer.limit_val_batch
 
 
 def candidate_config(candidate: str, workdir: str) -> str:
-    """The shipped recipe of ``candidate``'s net with its replacements, written as YAML into ``workdir``."""
+    """The recipe of ``candidate``'s net, its pruning and sharing set to BASE with the candidate's replacements,
+    written as YAML into ``workdir``."""
     net = candidate.split("/")[0]
     patch = CANDIDATES[candidate]
-    if not patch:
-        return str(RECIPES[net])
     config = yaml.safe_load(RECIPES[net].read_text())
     for cb in config["trainer"]["callbacks"]:
         name = cb["class_path"].rsplit(".", 1)[-1]
-        if name in patch:
-            cb["init_args"] = {**cb.get("init_args", {}), **patch[name]}
+        if name in BASE[net]:
+            cb["init_args"] = {**BASE[net][name], **patch.get(name, {})}
     path = Path(workdir) / "configs" / f"{candidate.replace('/', '_')}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {candidate}: {RECIPES[net].relative_to(ROOT)} with {json.dumps(patch)}\n"
+    path.write_text(f"# {candidate}: {RECIPES[net].relative_to(ROOT)}, BASE settings with {json.dumps(patch)}\n"
                     + yaml.safe_dump(config, sort_keys=False))
     return str(path)
 
