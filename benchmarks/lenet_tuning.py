@@ -231,7 +231,10 @@ def summarize(runs: list[dict], metric: str) -> dict:
         s["seeds"].append(r["seed"])
         s["ratio"].append(r["ratio"])
         s["delta_points"].append(100 * (r[metric] - dense[(r["net"], r["seed"])][metric]))
-    for s in out.values():
+    for name, s in out.items():
+        runs_of = [r for r in runs if r["candidate"] == name and (r["net"], r["seed"]) in dense]
+        s[f"{metric}_mean"] = statistics.fmean(r[metric] for r in runs_of)
+        s[f"dense_{metric}_mean"] = statistics.fmean(dense[(r["net"], r["seed"])][metric] for r in runs_of)
         s["ratio_stats"] = _stats(s["ratio"])
         s["delta_stats"] = _stats(s["delta_points"])
         mean_drop = -s["delta_stats"]["mean"]
@@ -265,7 +268,19 @@ def summary_table(summary: dict) -> str:
 
 
 def test_one(candidate: str, seed: int, quick: bool, workdir: str) -> dict:
-    """TEST accuracy of a trained run, from its saved file (``.lcz``; dense: the state dict): no retraining."""
+    """TEST accuracy of a trained run, from its saved file (``.lcz``; dense: the state dict): no retraining.
+
+    Measured once: the result is kept in ``<workdir>/results/test/`` and a later ``--test`` reads it back.
+    """
+    done = Path(workdir) / "results" / "test" / f"{_run_name(candidate, seed)}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    result = _measure_test(candidate, seed, quick, workdir)
+    write_json(done, result)
+    return result
+
+
+def _measure_test(candidate: str, seed: int, quick: bool, workdir: str) -> dict:
     cached = json.loads((Path(workdir) / "results" / f"{_run_name(candidate, seed)}.json").read_text())
     cli = build(str(ROOT / cached["config"]), _overrides(quick, seed))
     model, dm = cli.model, cli.datamodule
