@@ -1,10 +1,13 @@
 """Re-tune the two LeNet Deep Compression recipes on Fashion-MNIST's VALIDATION split, several seeds (issue 18).
 
-Each candidate is a shipped recipe (``examples/configs/deep_compression_<net>_fashion_mnist.yaml``) with some
-callback arguments replaced (per-layer pruning targets, per-layer bits, Fisher-weighted k-means); the patched YAML
-is written to the workdir and run exactly like ``lightning-compress fit --config`` (``_recipe_run.run_recipe``),
-with ``--seed_everything=<seed>``. The dense twin is the shipped recipe with ``--trainer.callbacks=[]`` (same
-model, data, optimizer, LR schedule, seed and epochs). Recorded per run:
+Each candidate is a recipe (``examples/configs/deep_compression_<net>_fashion_mnist.yaml``) whose pruning and
+sharing arguments are set to ``BASE`` (the recipes' settings before this tuning) with some replaced (per-layer
+pruning targets, per-layer bits, Fisher-weighted k-means, when to cluster, centroid gradient reduction); the patched
+YAML is written to the workdir and run exactly like ``lightning-compress fit --config``
+(``_recipe_run.run_recipe``), with ``--seed_everything=<seed>``. ``<net>/previous`` is ``BASE`` unchanged (the old
+recipe); the recipes now in ``examples/configs/`` are the candidates ``<net>/sparse_fisher_4b_last_mean``. The dense
+twin is the recipe with ``--trainer.callbacks=[]`` (same model, data, optimizer, LR schedule, seed and epochs).
+Recorded per run:
 
 * the validation accuracy of the final model, measured once more after ``fit`` with ``trainer.validate``, and
   that of the model decoded from the exported ``.lcz`` file (the two must agree: the file *is* the model);
@@ -13,13 +16,14 @@ model, data, optimizer, LR schedule, seed and epochs). Recorded per run:
 Tuning never touches the test split (``run_recipe(..., test=False)``). ``--test`` is the separate, once-only
 step: for the candidates named with ``--candidates`` it loads the saved ``.lcz`` files (dense: the saved state
 dict) from the workdir, no retraining, and measures the TEST split; deltas are against the dense run of the
-same seed.
+same seed. Each test measurement is kept in the workdir and read back by a later ``--test`` (measured once).
 
 Usage::
 
     python benchmarks/lenet_tuning.py --quick                      # smoke run, about a minute
-    python benchmarks/lenet_tuning.py --candidates lenet300100/fisher_4b --seeds 0 1 2
-    python benchmarks/lenet_tuning.py --test --candidates lenet300100/fisher_4b lenet5/fisher_4b --seeds 0 1 2
+    python benchmarks/lenet_tuning.py --candidates lenet300100/previous lenet300100/fisher_4b --seeds 0 1 2
+    python benchmarks/lenet_tuning.py --test --seeds 0 1 2 \
+        --candidates lenet300100/sparse_fisher_4b_last_mean lenet5/sparse_fisher_4b_last_mean
 
 Runs are cached per (candidate, seed) in ``<workdir>/results/`` (``--rerun``: train again), so the tuning can be
 run a piece at a time; every invocation rewrites ``benchmarks/results/lenet_tuning[_quick].json`` from all the
