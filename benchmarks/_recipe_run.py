@@ -62,8 +62,12 @@ def build(recipe: str, overrides: Sequence[str] = ()) -> CompressCLI:
         sys.argv = argv
 
 
-def run_recipe(recipe: str, workdir: str, name: str, dense: bool = False, overrides: Sequence[str] = ()) -> RecipeRun:
-    """Fit ``recipe`` (``dense=True``: same model, data, optimizer and epochs, no callbacks) and test it."""
+def run_recipe(recipe: str, workdir: str, name: str, dense: bool = False, overrides: Sequence[str] = (),
+               test: bool = True) -> RecipeRun:
+    """Fit ``recipe`` (``dense=True``: same model, data, optimizer and epochs, no callbacks) and test it.
+
+    ``test=False``: the test split is not touched (``test_acc`` is NaN), for tuning on the validation split.
+    """
     os.makedirs(workdir, exist_ok=True)
     args = [
         f"--trainer.logger.init_args.save_dir={workdir}",
@@ -89,12 +93,14 @@ def run_recipe(recipe: str, workdir: str, name: str, dense: bool = False, overri
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_seconds = time.perf_counter() - start
-    result = trainer.test(model, datamodule=dm, verbose=False)
+    test_acc = float("nan")
+    if test:
+        test_acc = float(trainer.test(model, datamodule=dm, verbose=False)[0]["test_acc"])
     return RecipeRun(
         model=model,
         datamodule=dm,
         trainer=trainer,
-        test_acc=float(result[0]["test_acc"]),
+        test_acc=test_acc,
         fit_seconds=fit_seconds,
         history=recorder.history,
         export=None if export_cb is None else export_cb.report,

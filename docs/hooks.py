@@ -391,9 +391,44 @@ def render_palettization_file(path: Path) -> str:
     return "\n".join(out)
 
 
+def render_lenet_tuning() -> str:
+    """``lenet_tuning.py``: every candidate on the validation split, then the chosen ones on the test split."""
+    out = []
+    for stem, split in (("lenet_tuning", "validation"), ("lenet_tuning_test", "test")):
+        paths = [p for p in select(stem) if p.stem.replace("_quick", "") == stem]
+        if not paths:
+            out.append(missing(f"{stem}.json", "python benchmarks/lenet_tuning.py" + (" --test" if split == "test" else "")))
+            continue
+        for path in paths:
+            data = load(path)
+            out += [source(path, data) + f" Split: {data.get('split', split)}.", ""]
+            rows = [[name, str(len(s["seeds"])), ratio(s["ratio_stats"]["min"]) + " - " + ratio(s["ratio_stats"]["max"]),
+                     f"{s['delta_stats']['mean']:+.2f}", f"{s['delta_stats']['std']:.2f}",
+                     ", ".join(f"{d:+.2f}" for d in s["delta_points"]),
+                     "met" if s.get("goal_48x_0.3pt_met") else "not met",
+                     "met" if s.get("aim_64x_0.3pt_met") else "not met"]
+                    for name, s in data.get("summary", {}).items()]
+            out += [table(["candidate", "seeds", "ratio (min - max)", f"mean delta {split} acc (points)", "std",
+                           "per seed (seed order)", ">= 48x, mean drop <= 0.3", ">= 64x, mean drop <= 0.3"], rows,
+                          "---|---:|---:|---:|---:|---|---|---"), ""]
+            dense = {(r["net"], r["seed"]): r for r in data.get("runs", []) if r["candidate"].endswith("/dense")}
+            metric = "val_acc" if split == "validation" else "test_acc"
+            rows = []
+            for r in sorted(data.get("runs", []), key=lambda r: (r["candidate"], r["seed"])):
+                d = dense.get((r["net"], r["seed"]))
+                if r["candidate"].endswith("/dense") or d is None:
+                    continue
+                rows.append([r["candidate"], str(r["seed"]), num(r.get("file_bytes")), ratio(r.get("ratio")),
+                             pct(r[metric]), pct(d[metric]), f"{100 * (r[metric] - d[metric]):+.2f}"])
+            out += [table(["candidate", "seed", "file bytes", "ratio", f"{split} acc", f"dense {split} acc",
+                           "delta (points)"], rows), ""]
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "paper": render_paper,
     "deep_compression": render_deep_compression,
+    "lenet_tuning": render_lenet_tuning,
     "export": render_export,
     "pruning": render_pruning,
     "sharing": render_sharing,

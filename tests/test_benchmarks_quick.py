@@ -40,7 +40,7 @@ def _scratch_repo(root: Path) -> None:
 
 def test_benchmarks_are_found():
     names = {p.name for p in SCRIPTS}
-    assert {"deep_compression.py", "factorization.py"} <= names
+    assert {"deep_compression.py", "factorization.py", "lenet_tuning.py"} <= names
 
 
 @pytest.mark.bench

@@ -107,7 +107,7 @@ def test_mkdocs_build_strict(tmp_path):
             assert (site / page / src).resolve().is_file(), f"{page}: {src}"
     results = (site / "results" / "index.html").read_text()
     assert "<!-- results:" not in results and "Could not render" not in results
-    for prefix in ("deep_compression", "export", "pruning", "global_pruning_memory", "sharing_bits", "sharing_kmeans",
+    for prefix in ("deep_compression", "lenet_tuning", "export", "pruning", "global_pruning_memory", "sharing_bits", "sharing_kmeans",
                    "factorization"):
         for path in sorted(RESULTS.glob(f"{prefix}*.json")):  # a quick run is replaced by its full run
             if "_quick" in path.stem and (RESULTS / path.name.replace("_quick", "")).exists():
