@@ -8,7 +8,8 @@ computable: the clusters of an optimal solution are contiguous runs of the sorte
 
 (Wang & Song 2011, "Ckmeans.1d.dp"; Grønlund et al. 2017). ``cost`` obeys the quadrangle inequality, so the
 best ``t`` never decreases as ``i`` grows, and each row of the table is found by divide and conquer in
-O(n log n) instead of O(n^2): O(k n log n) in all. Weights (the Fisher diagonal) enter only through the
+O(n log n) instead of O(n^2): O(k n log n) in all (the best ``t`` of row j-1 also bounds row j's from below,
+which narrows the ranges further). Weights (the Fisher diagonal) enter only through the
 prefix sums of w, w x and w x^2, so the weighted problem costs the same as the unweighted one.
 
 Per-channel and per-group codebooks are thousands of independent problems of the same size. They are solved
@@ -97,7 +98,7 @@ def optimal_centroids_sorted(xs: torch.Tensor, k: int, ws: torch.Tensor | None =
 
 
 def _row_weights(weights: torch.Tensor | None, shape: torch.Size, valid: torch.Tensor) -> torch.Tensor:
-    """Per-point weights, zero outside each row's length; rows without any positive weight get unit weights."""
+    """Per-point weights, zero at invalid entries; a row without any positive weight gets unit weights."""
     if weights is None:
         return valid.double()
     w = weights.detach().to("cpu", torch.float64)
