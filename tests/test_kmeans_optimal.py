@@ -168,3 +168,17 @@ def test_auto_init_is_linear_lloyd_per_tensor_and_optimal_per_group():
     importance = torch.rand(12, 20)
     weighted = cluster_weight(w, 4, init="auto", importance=importance)  # weighted per tensor: the optimum
     assert torch.equal(weighted.decode(), cluster_weight(w, 4, init="optimal", importance=importance).decode())
+
+
+def test_long_rows_are_solved_over_runs_and_stay_near_the_optimum():
+    torch.manual_seed(7)
+    w = torch.distributions.StudentT(4.0).sample((3, 1500))  # longer than EXACT_POINTS = 1024
+    shared = cluster_weight(w, 8, init="optimal", granularity="channel")
+    decoded = shared.decode()
+    exact, counts = optimal_kmeans_rows(w, 8, exact_points=1500)
+    for r in range(3):
+        assert torch.unique(decoded[r]).numel() <= 8
+        best = _cost(w[r], torch.ones(1500), exact[r, : int(counts[r])])
+        got = float((decoded[r].double() - w[r].double()).square().sum())
+        assert best <= got <= best * 1.01
+        assert got <= kmeans_1d(w[r], 8, init="linear").inertia * (1 + 1e-6)

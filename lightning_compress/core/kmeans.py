@@ -2,7 +2,7 @@
 
 Lloyd finds a local optimum that depends on its start. ``init="optimal"`` starts it from the global optimum
 found by dynamic programming (``core.kmeans_optimal``), which Lloyd then only confirms (codebooks of up to
-4096 values) or refines (larger ones, solved over runs of sorted values).
+``kmeans_optimal.TENSOR_POINTS`` values) or refines (larger ones, solved over runs of sorted values).
 
 Weight sharing clusters each layer's weights separately, so every problem is 1-D. In 1-D the clusters of
 sorted centroids are *contiguous runs of the sorted data*, separated by the midpoints between neighbouring
