@@ -118,9 +118,11 @@ def run_ours(dense, dm, bits: int, granularity, weighting, eval_batches, init: s
 
 
 def finetune(dense, dm, steps: int, lr: float, eval_batches, bits: int | None = None, granularity="channel",
-             weighting: str = "fisher") -> dict:
+             weighting: str = "fisher", seed: int = 0) -> dict:
     """``steps`` more training steps of a copy of ``dense``: plain (``bits=None``) or with WeightSharing
-    clustering at step 0 (optimal codebooks, Fisher-weighted or plain) and training the centroids from there."""
+    clustering at step 0 (optimal codebooks, Fisher-weighted or plain) and training the centroids from there.
+    Seeded per call, so every variant of one seed (the dense one included) sees the same batches."""
+    pl.seed_everything(seed, workers=True, verbose=False)
     model = copy.deepcopy(dense)
     model.hparams.lr = lr
     callbacks = [] if bits is None else [lc.WeightSharing(
@@ -253,12 +255,12 @@ def finetune_rows(dense, dm, seed: int, steps: int, lr: float, eval_batches, bit
                   weightings=("fisher",)) -> list[dict]:
     """The dense model trained ``steps`` more, and WeightSharing fine-tuning at every bits x granularity x weighting."""
     rows = [{"seed": seed, "method": f"dense +{steps} steps", "bits": 32, "granularity": "-", "weighting": "-",
-             **finetune(dense, dm, steps, lr, eval_batches)}]
+             **finetune(dense, dm, steps, lr, eval_batches, seed=seed)}]
     print(json.dumps(rows[-1]), flush=True)
     for bits, gran, weighting in itertools.product(bits_list, grans, weightings):
         rows.append({"seed": seed, "method": f"WeightSharing +{steps} steps", "bits": bits, "granularity": gran,
                      "weighting": weighting, "init": "optimal",
-                     **finetune(dense, dm, steps, lr, eval_batches, bits, gran, weighting)})
+                     **finetune(dense, dm, steps, lr, eval_batches, bits, gran, weighting, seed)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
