@@ -138,7 +138,8 @@ def init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None, ws: torch
     """Initial centroids (float64, sorted) from sorted data ``xs`` (weights ``ws`` sorted alongside)."""
     if ws is not None:  # zero-weight points count for nothing, not even as a candidate centroid
         positive = ws > 0
-        xs, ws = xs[positive], ws[positive]
+        if not bool(positive.all()):  # the copies cost a pass over the data: only when needed
+            xs, ws = xs[positive], ws[positive]
     n = xs.numel()
     if init == "linear":
         c = torch.linspace(float(xs[0]), float(xs[-1]), k, dtype=torch.float64)
