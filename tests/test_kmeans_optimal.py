@@ -182,3 +182,21 @@ def test_long_rows_are_solved_over_runs_and_stay_near_the_optimum():
         got = float((decoded[r].double() - w[r].double()).square().sum())
         assert best <= got <= best * 1.01
         assert got <= kmeans_1d(w[r], 8, init="linear").inertia * (1 + 1e-6)
+
+
+def test_many_centroids_on_long_rows_are_solved_exactly_not_over_coarse_runs():
+    torch.manual_seed(8)
+    x = torch.randn(2, 1100, dtype=torch.float64)  # longer than EXACT_POINTS, but 1024 runs < 16 per centroid
+    coarse, coarse_counts = optimal_kmeans_rows(x, 128)
+    exact, counts = optimal_kmeans_rows(x, 128, exact_points=1100)
+    assert torch.equal(coarse, exact) and torch.equal(coarse_counts, counts)
+    for r in range(2):
+        assert int(counts[r]) == 128
+        assert _cost(x[r], torch.ones(1100), exact[r]) < kmeans_1d(x[r], 128).inertia
+
+
+def test_auto_init_falls_back_to_lloyd_above_four_bits():
+    torch.manual_seed(9)
+    w = torch.randn(6, 300)
+    auto = cluster_weight(w, 32, init="auto", granularity="channel")
+    assert torch.equal(auto.decode(), cluster_weight(w, 32, init="linear", granularity="channel").decode())

@@ -84,8 +84,8 @@ class WeightSharing(Callback):
         start_step: global step at which clustering happens instead (exclusive with ``start_epoch``).
         layer_interval: epochs (or steps) between layers when clustering layer by layer, in model order;
             0 clusters all layers at once.
-        init: ``auto`` (default): Lloyd from the linear start for one unweighted codebook per tensor (the paper's),
-            ``optimal`` for per-channel, per-group and Fisher-weighted codebooks. ``optimal``: each codebook is the globally optimal (weighted)
+        init: ``auto`` (default): Lloyd from the linear start for one unweighted codebook per tensor (the paper's)
+            and for more than 4 bits, ``optimal`` for per-channel, per-group and Fisher-weighted codebooks up to 4 bits. ``optimal``: each codebook is the globally optimal (weighted)
             1-D k-means, by dynamic programming (``core.kmeans_optimal``). Or Lloyd from ``linear``, ``density``,
             ``random``, ``kmeans++``.
         reduction: centroid gradient, ``sum`` (default, the paper) or ``mean`` of the member gradients.

@@ -34,6 +34,9 @@ import torch
 EXACT_POINTS = 1024
 #: A single codebook (one per tensor) is solved once, so it affords more runs.
 TENSOR_POINTS = 4096
+#: Runs are used only when there are at least this many per cluster: with fewer, a run pairs values that the
+#: optimum keeps apart (the sparse tails, where large k gives single values their own cluster), which cost 3x.
+RUNS_PER_CLUSTER = 16
 #: The back-pointer table holds k x groups x (n + 1) int32 entries; problems are solved in chunks under this.
 TABLE_ENTRIES = 1 << 23
 
@@ -52,8 +55,9 @@ def optimal_kmeans_rows(
     ``centroids[g, :counts[g]]`` are that row's distinct centroids in ascending order; the rest of the row
     repeats the last one. A row with at most k distinct (positive-weight) values gets exactly those values.
     A row with no points gets ``counts == 0`` and zeros. Rows longer than ``exact_points`` are solved over
-    ``exact_points`` runs of consecutive sorted values and then refined by Lloyd on the values themselves:
-    optimal up to where the cuts between runs fall, not exactly.
+    ``exact_points`` runs of consecutive sorted values and then refined by Lloyd on the values themselves
+    (optimal up to where the cuts between runs fall, not exactly), if that leaves ``RUNS_PER_CLUSTER`` runs per
+    cluster; otherwise exactly (O(k n log n): slow for large k).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -95,7 +99,7 @@ def optimal_centroids_sorted(xs: torch.Tensor, k: int, ws: torch.Tensor | None =
     """
     x = xs.detach().double().reshape(1, -1)
     w = torch.ones_like(x) if ws is None else ws.detach().double().reshape(1, -1)
-    if x.shape[1] > TENSOR_POINTS:
+    if x.shape[1] > TENSOR_POINTS >= RUNS_PER_CLUSTER * k:
         x, w = _atoms(x, w, TENSOR_POINTS)
     c, count = optimal_kmeans_rows(x, k, w, exact_points=TENSOR_POINTS)
     return c[0, : int(count[0])]
@@ -144,7 +148,7 @@ def _distinct(xs: torch.Tensor, ws: torch.Tensor, k: int) -> tuple[torch.Tensor,
 
 def _solve(xs: torch.Tensor, ws: torch.Tensor, k: int, exact_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted rows (G, n) and weights -> (centroids (G, k') ascending, distinct count per row)."""
-    if xs.shape[1] > exact_points:  # optimum over runs of sorted points, then Lloyd on the points
+    if xs.shape[1] > exact_points >= RUNS_PER_CLUSTER * k:  # optimum over runs, then Lloyd on the points
         c = _programme_centroids(*_atoms(xs, ws, exact_points), k)
         few, distinct = _distinct(xs, ws, c.shape[1])
         c = _polish(xs, ws, torch.where(few[:, None], distinct, c))
