@@ -135,7 +135,7 @@ def finetune(dense, dm, steps: int, lr: float, eval_batches, bits: int | None = 
     model.eval()
     grouped = {} if bits is None else {name: "auto" for name in selected(model)}
     return {"seconds": seconds, "val_ppl": perplexity(model, dm.val_dataloader(), eval_batches),
-            "file_bytes": file_bytes(model, grouped) if bits is not None else file_bytes(model, {})}
+            "file_bytes": file_bytes(model, grouped)}
 
 
 def run_coreai(dense, dm, bits: int, granularity, eval_batches, coreai_path: str) -> dict:

@@ -10,6 +10,7 @@ import torch
 from lightning_compress.core.kmeans import kmeans_1d
 from lightning_compress.core.kmeans_optimal import optimal_kmeans_rows
 from lightning_compress.core.sharing import cluster_weight
+from lightning_compress.post_training import share_weights
 
 
 def _brute_force(x: torch.Tensor, w: torch.Tensor, k: int) -> float:
@@ -200,3 +201,12 @@ def test_auto_init_falls_back_to_lloyd_above_four_bits():
     w = torch.randn(6, 300)
     auto = cluster_weight(w, 32, init="auto", granularity="channel")
     assert torch.equal(auto.decode(), cluster_weight(w, 32, init="linear", granularity="channel").decode())
+
+
+def test_share_weights_passes_init_through_to_the_clustering():
+    torch.manual_seed(10)
+    for init in ("optimal", "linear"):
+        layer = torch.nn.Linear(40, 6, bias=False)
+        expected = cluster_weight(layer.weight.detach().clone(), 4, init=init, granularity="channel").decode()
+        share_weights(layer, bits=2, granularity="channel", init=init, types=["linear"])
+        assert torch.equal(layer.weight.detach(), expected)

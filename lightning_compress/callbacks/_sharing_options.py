@@ -10,8 +10,7 @@ from typing import Any, Mapping
 
 from lightning_compress.core.bit_allocation import BIT_CHOICES
 from lightning_compress.core.bits import FLOAT_BITS
-from lightning_compress.core.sharing import SHARING_INITS
-from lightning_compress.core.sharing import GRANULARITIES
+from lightning_compress.core.sharing import GRANULARITIES, SHARING_INITS
 from lightning_compress.core.targets import resolve_types
 from lightning_compress.schedules.events import EventSchedule
 from lightning_compress.validation import (

@@ -85,9 +85,9 @@ class WeightSharing(Callback):
         layer_interval: epochs (or steps) between layers when clustering layer by layer, in model order;
             0 clusters all layers at once.
         init: ``auto`` (default): Lloyd from the linear start for one unweighted codebook per tensor (the paper's)
-            and for more than 4 bits, ``optimal`` for per-channel, per-group and Fisher-weighted codebooks up to 4 bits. ``optimal``: each codebook is the globally optimal (weighted)
-            1-D k-means, by dynamic programming (``core.kmeans_optimal``). Or Lloyd from ``linear``, ``density``,
-            ``random``, ``kmeans++``.
+            and above 4 bits; ``optimal`` for per-channel, per-group and Fisher-weighted codebooks up to 4 bits.
+            ``optimal``: each codebook is the globally optimal (weighted) 1-D k-means, by dynamic programming
+            (``core.kmeans_optimal``). Or Lloyd from ``linear``, ``density``, ``random``, ``kmeans++``.
         reduction: centroid gradient, ``sum`` (default, the paper) or ``mean`` of the member gradients.
         include: globs over parameter or module names of the layers to share (default: every layer of ``types``).
         exclude: globs of layers to keep unshared (applied after ``include``).

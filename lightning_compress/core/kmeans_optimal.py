@@ -109,9 +109,7 @@ def _row_weights(weights: torch.Tensor | None, shape: torch.Size, valid: torch.T
     """Per-point weights, zero at invalid entries; a row without any positive weight gets unit weights."""
     if weights is None:
         return valid.double()
-    w = weights.detach().to("cpu", torch.float64)
-    if w.shape != shape:
-        raise ValueError(f"weights must have the shape of x {tuple(shape)}, got {tuple(w.shape)}")
+    w = weights.detach().to("cpu", torch.float64)  # its shape was checked against x by the caller
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError("weights must be finite and >= 0")
     w = torch.where(valid, w, torch.zeros_like(w))
@@ -148,14 +146,12 @@ def _distinct(xs: torch.Tensor, ws: torch.Tensor, k: int) -> tuple[torch.Tensor,
 
 def _solve(xs: torch.Tensor, ws: torch.Tensor, k: int, exact_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted rows (G, n) and weights -> (centroids (G, k') ascending, distinct count per row)."""
-    if xs.shape[1] > exact_points >= RUNS_PER_CLUSTER * k:  # optimum over runs, then Lloyd on the points
-        c = _programme_centroids(*_atoms(xs, ws, exact_points), k)
-        few, distinct = _distinct(xs, ws, c.shape[1])
-        c = _polish(xs, ws, torch.where(few[:, None], distinct, c))
-    else:
-        c = _programme_centroids(xs, ws, k)
-        few, distinct = _distinct(xs, ws, c.shape[1])
-        c = torch.where(few[:, None], distinct, c)
+    runs = xs.shape[1] > exact_points >= RUNS_PER_CLUSTER * k  # optimum over runs, then Lloyd on the points
+    c = _programme_centroids(*(_atoms(xs, ws, exact_points) if runs else (xs, ws)), k)
+    few, distinct = _distinct(xs, ws, c.shape[1])
+    c = torch.where(few[:, None], distinct, c)
+    if runs:
+        c = _polish(xs, ws, c)
     c, _ = _lloyd_step(xs, ws, c)
     counts = (~torch.isnan(c)).sum(1)
     last = c.gather(1, (counts - 1).clamp_min(0)[:, None])
@@ -288,7 +284,7 @@ def _scan(lookup: torch.Tensor, n1: int, mid: torch.Tensor, start: torch.Tensor,
     value = cand[:, 3] + _cost(d[:, 0], d[:, 1], d[:, 2])
     best = value.new_full((groups * nodes,), float("inf")).scatter_reduce_(0, seg, value, "amin")
     pos = torch.where(value <= best[seg], flat_t, flat_t.numel() + groups * n1)
-    at = torch.full_like(best, 0, dtype=torch.long).fill_(groups * n1).scatter_reduce_(0, seg, pos, "amin")
+    at = torch.full((groups * nodes,), groups * n1, dtype=torch.long).scatter_reduce_(0, seg, pos, "amin")
     return best.reshape(groups, nodes), (at.reshape(groups, nodes) - base)
 
 
