@@ -5,16 +5,22 @@ Tests run on 2 CPU cores: keep models tiny and Trainer runs to a few batches.
 Hypothesis runs under the deterministic "ci" profile by default (derandomized, fixed example count, no
 example database), so a run's outcome never depends on a random seed or on ``.hypothesis/``. For a longer,
 randomized search run ``HYPOTHESIS_PROFILE=thorough pytest tests/test_kmeans.py``.
+
+Every test starts from the same global random state (``_fixed_global_rng``): a test that samples without its
+own generator would otherwise see whatever state earlier tests left (``seed_everything()`` without a seed picks
+a random one), and its outcome would depend on which tests ran before it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -23,6 +29,14 @@ torch.set_num_threads(1)
 os.environ.setdefault("PL_DISABLE_FORK", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _fixed_global_rng():
+    """Seed torch, NumPy and ``random`` before every test: the same draws whatever ran before."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture
