@@ -173,19 +173,38 @@ def _programme_centroids(xs: torch.Tensor, ws: torch.Tensor, k: int) -> torch.Te
 
 
 def _atoms(xs: torch.Tensor, ws: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sorted row cut into ``count`` runs of equal length: (weighted mean, total weight) per run.
+    """Each sorted row cut into ``count`` runs of consecutive values: (weighted mean, total weight) per run.
 
     Clustering the runs' means with their weights is clustering the points with cuts allowed only between
-    runs (a partition's cost is the fixed within-run error plus the runs' weighted error).
+    runs (a partition's cost is the fixed within-run error plus the runs' weighted error). The cuts are equally
+    spaced in ``rank / n + (x - min) / (max - min)``, a blend of rank and value: where values are dense the runs
+    hold equal counts, in sparse tails they span equal widths, so no run joins values far apart. Runs of equal
+    count do: on a heavy tail they pair the isolated large values that the optimum keeps apart (on 20,000
+    Student-t(2) values at k = 16, 3% to 170% more error after Lloyd; blended cuts: within 1e-4 of the optimum,
+    ``tests/test_kmeans_optimal.py``).
     """
     groups, n = xs.shape
-    size = -(-n // count)
-    pad = size * count - n
-    x = torch.cat([xs, xs[:, -1:].expand(groups, pad)], 1).reshape(groups, count, size)
-    w = torch.cat([ws, ws.new_zeros(groups, pad)], 1).reshape(groups, count, size)
-    weight = w.sum(2)
-    mean = torch.where(weight > 0, (w * x).sum(2) / weight.clamp_min(1e-300), x[:, :, 0])
-    return mean, weight
+    positive = ws > 0
+    # rank over each row's real points (padding, weight 0, sits at the end of a row)
+    length = (n - torch.argmax(positive.flip(1).to(torch.uint8), dim=1)).where(positive.any(1), n)[:, None]
+    rank = torch.arange(n, dtype=xs.dtype)[None, :] / (length - 1).clamp_min(1)
+    low, high = xs[:, :1], xs.gather(1, length - 1)
+    blend = rank + (xs - low) / (high - low).where(high > low, torch.ones_like(high))
+    targets = torch.linspace(0.0, 2.0, count + 1, dtype=xs.dtype)[None, :].expand(groups, -1).contiguous()
+    cuts = torch.searchsorted(blend.contiguous(), targets)
+    cuts[:, 0], cuts[:, -1] = 0, n
+    start, stop = cuts[:, :-1], cuts[:, 1:]
+    weight = _run_sums(ws, start, stop)
+    first, last = xs.gather(1, start.clamp_max(n - 1)), xs.gather(1, (stop - 1).clamp_min(0))
+    mean = _run_sums(ws * xs, start, stop) / weight.clamp_min(1e-300)
+    return torch.where(weight > 0, torch.minimum(torch.maximum(mean, first), last), first), weight
+
+
+def _run_sums(values: torch.Tensor, start: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values[g, start:stop]`` for every row g and run, from one prefix sum per row."""
+    prefix = values.new_zeros(values.shape[0], values.shape[1] + 1)
+    torch.cumsum(values, 1, out=prefix[:, 1:])
+    return prefix.gather(1, stop) - prefix.gather(1, start)
 
 
 def _polish(xs: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, max_iter: int = 100) -> torch.Tensor:
