@@ -44,7 +44,6 @@ from lightning_compress.core.kmeans_init import (
     cell_bounds,
     init_sorted,
     midpoints,
-    prefix_sum,
     sort_pairs,
     sort_values,
 )
@@ -93,29 +92,26 @@ def _check_weights(weights: torch.Tensor | None, flat: torch.Tensor) -> torch.Te
         raise ValueError(f"weights must have one entry per value ({flat.numel()}), got {w.numel()}")
     if not w.is_floating_point():
         w = w.float()
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+    low, high = torch.aminmax(w)  # one pass; a NaN propagates into both
+    if not bool(torch.isfinite(high)) or not bool(low >= 0):
         raise ValueError("weights must be finite and >= 0")
-    if not bool((w > 0).any()):
-        return None
-    return w
+    return None if bool(high == 0) else w
 
 
 class _Cells:
     """Sorted data, optional weights, and the prefix sums that give any cell's weight and weighted sum.
 
-    ``x`` stays in its own dtype (float32 or float64; no float64 copy of a float32 layer); sums are float64.
-    ``w is None`` means unit weights (the weight of a cell is its size, no extra arrays). ``exact=True``
+    ``x`` and ``w`` stay in their own dtypes (float32 or float64; no float64 copies of float32 data); sums are
+    float64. ``w is None`` means unit weights (the weight of a cell is its size, no extra arrays). ``exact=True``
     sums inside each cell instead of differencing prefix sums (O(n) instead of O(k)).
     """
 
-    def __init__(self, xs: torch.Tensor, w64: torch.Tensor | None):
-        self.x, self.w = xs, w64
-        self.sw = None if w64 is None else prefix_sum(w64)
-        if w64 is None:
-            self.swx = xs.new_zeros(xs.numel() + 1, dtype=torch.float64)
-            torch.cumsum(xs, 0, dtype=torch.float64, out=self.swx[1:])
-        else:
-            self.swx = prefix_sum(xs.to(torch.float64, copy=True).mul_(w64))
+    def __init__(self, xs: torch.Tensor, w: torch.Tensor | None):
+        if w is not None and w.dtype not in (torch.float32, torch.float64):
+            w = w.double()
+        self.x, self.w = xs, w
+        self.sw = None if w is None else _prefix_sum64(w)
+        self.swx = _prefix_sum64(xs if w is None else xs.to(torch.float64, copy=True).mul_(w))
         self.sq = _chunked(lambda a, b: float(self._wx(a, b).mul_(xs[a:b]).sum()), xs.numel())  # sum w x^2
 
     def _wx(self, a: int = 0, b: int | None = None) -> torch.Tensor:
@@ -155,7 +151,7 @@ class _Cells:
             c, bounds, empty.numel()
         )
         xp = self.x[picks].double()
-        wp = torch.ones_like(xp) if self.w is None else self.w[picks]
+        wp = torch.ones_like(xp) if self.w is None else self.w[picks].double()
         _move_points(xp, wp, owners, empty[: picks.numel()], weight, wsum)
 
     def _costliest(self, c: torch.Tensor, bounds: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,6 +159,13 @@ class _Cells:
         cost = self.w * (self.x.double() - c[owner]) ** 2
         picks = torch.topk(cost, min(m, int((cost > 0).sum()))).indices
         return picks, owner[picks]
+
+
+def _prefix_sum64(values: torch.Tensor) -> torch.Tensor:
+    """``[0, v0, v0+v1, ...]`` accumulated in float64, without a float64 copy of ``values``."""
+    out = values.new_zeros(values.numel() + 1, dtype=torch.float64)
+    torch.cumsum(values, 0, dtype=torch.float64, out=out[1:])
+    return out
 
 
 def _chunked(fn, n: int, size: int = 1 << 22) -> float:
@@ -243,7 +246,8 @@ def kmeans_1d(
     w = _check_weights(weights, flat)
     xs, ws = (sort_values(flat), None) if w is None else sort_pairs(flat, w)
 
-    distinct = torch.unique_consecutive(xs if ws is None else xs[ws > 0])
+    weighted_values = xs if ws is None or bool((ws > 0).all()) else xs[ws > 0]  # a copy only with zero weights
+    distinct = torch.unique_consecutive(weighted_values)
     if distinct.numel() <= k:  # every distinct (weighted) value its own centroid: zero inertia, optimal
         labels = _labels(flat, distinct.double())
         return KMeansResult(distinct.to(out_dtype), labels, 0.0, 0, True)
@@ -255,7 +259,7 @@ def kmeans_1d(
     else:
         c = init_sorted(xs, k, init, seed, ws).to(xs.device)
 
-    cells = _Cells(xs if xs.dtype in (torch.float32, torch.float64) else xs.double(), None if ws is None else ws.double())
+    cells = _Cells(xs if xs.dtype in (torch.float32, torch.float64) else xs.double(), ws)
     del xs, ws
     total = cells.total_weight()
     mean = float(cells.swx[-1]) / total

@@ -7,6 +7,7 @@ count becomes a total weight and every sum a weighted sum; ``ws=None`` means uni
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import numpy as np
@@ -35,25 +36,46 @@ def sort_values(flat: torch.Tensor) -> torch.Tensor:
 def sort_pairs(flat: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Values sorted ascending and their weights in the same order.
 
-    float32 on CPU: each (value, weight) pair is packed into one uint64 whose high half is an order-keeping
-    code of the value and whose low half holds the weight's bits, then sorted by NumPy's vectorised sort —
-    about the cost of sorting the values alone, where an argsort plus gathers costs ~3x.
+    float32 on a little-endian CPU: each (value, weight) pair is packed into one uint64 whose high half is an
+    order-keeping code of the value and whose low half holds the weight's bits (or, for other weight dtypes,
+    its position), then sorted by NumPy's vectorised sort: 1.6x the cost of sorting the values alone, where an
+    argsort plus gathers costs ~3x. Packing and unpacking write the halves through uint32 views (no 64-bit
+    shifts or temporaries).
     """
-    if flat.device.type == "cpu" and flat.dtype == torch.float32 and flat.numel() < 2**32:
-        u = flat.numpy().view(np.uint32).astype(np.uint64)
-        code = np.where(u >> 31, u ^ 0xFFFFFFFF, u | 0x80000000)  # negatives reversed, below positives
+    if flat.device.type == "cpu" and flat.dtype == torch.float32 and flat.numel() < 2**32 and _LITTLE_ENDIAN:
         fast = weights.dtype == torch.float32
-        # low half: the weight's own bits (no gather needed), or the position (other weight dtypes)
         low = weights.numpy().view(np.uint32) if fast else np.arange(flat.numel(), dtype=np.uint32)
-        packed = (code << 32) | low.astype(np.uint64)
+        packed = np.empty(flat.numel(), dtype=np.uint64)
+        halves = packed.view(np.uint32).reshape(-1, 2)  # [:, 0] the low half, [:, 1] the high half
+        values = flat.numpy()
+        np.bitwise_xor(values.view(np.uint32), _order_mask(values.view(np.int32)), out=halves[:, 1])
+        halves[:, 0] = low
         packed.sort()
-        code = (packed >> 32).astype(np.uint32)
-        bits = np.where(code >> 31, code ^ np.uint32(0x80000000), ~code)
-        low = (packed & 0xFFFFFFFF).astype(np.uint32)
+        code = np.ascontiguousarray(halves[:, 1])
+        code ^= _order_mask(code.view(np.int32), inverse=True)
+        low = np.ascontiguousarray(halves[:, 0])
         ws = torch.from_numpy(low.view(np.float32)) if fast else weights.reshape(-1)[torch.from_numpy(low.astype(np.int64))]
-        return torch.from_numpy(bits.view(np.float32)), ws
+        return torch.from_numpy(code.view(np.float32)), ws
     xs, order = torch.sort(flat)
     return xs, weights.reshape(-1)[order]
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def _order_mask(bits: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """XOR mask that maps float32 bits to codes whose unsigned order is the floats' order (and back).
+
+    Negative floats (sign bit set) have every bit flipped, so larger magnitudes sort lower; non-negative ones get
+    the sign bit set, so they sort above every negative. ``inverse``: the mask for a code (its top bit set means
+    the float was non-negative). ``bits`` is the int32 view, whose arithmetic shift spreads the sign bit.
+    """
+    mask = bits >> 31  # -1 where the top bit is set, else 0
+    if inverse:
+        np.invert(mask, out=mask)
+    out = mask.view(np.uint32)
+    out |= np.uint32(0x80000000)
+    return out
 
 
 def generator(seed: int | None) -> torch.Generator:
@@ -136,9 +158,13 @@ def _weighted_quantile_index(ws: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None, ws: torch.Tensor | None = None):
     """Initial centroids (float64, sorted) from sorted data ``xs`` (weights ``ws`` sorted alongside)."""
-    if ws is not None:  # zero-weight points count for nothing, not even as a candidate centroid
-        positive = ws > 0
-        if not bool(positive.all()):  # the copies cost a pass over the data: only when needed
+    if ws is not None and init != "optimal":  # zero-weight points count for nothing, not even as a candidate
+        positive = ws > 0  # (the programme gives them no pull by itself)
+        if init == "linear":  # only the extreme positive-weight values matter: no copies
+            first = int(torch.argmax(positive.to(torch.uint8)))
+            last = xs.numel() - 1 - int(torch.argmax(positive.flip(0).to(torch.uint8)))
+            xs = xs[first : last + 1]
+        elif not bool(positive.all()):  # the copies cost a pass over the data: only when needed
             xs, ws = xs[positive], ws[positive]
     n = xs.numel()
     if init == "linear":

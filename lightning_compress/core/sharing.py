@@ -333,7 +333,10 @@ def cluster_weight(
     rows = max(1, _rows(w.shape))
     rpg = rows_per_group(w.shape, granularity)
     w2 = w.reshape(rows, -1)
-    imp2 = importance.detach().double().cpu().reshape(rows, -1) if importance is not None else None
+    imp2 = None
+    if importance is not None:  # float32 stays float32 (the fast paired sort); the programme works in float64
+        imp2 = importance.detach().cpu().reshape(rows, -1)
+        imp2 = imp2 if imp2.dtype in (torch.float32, torch.float64) else imp2.double()
     if init == "auto":
         init = "linear" if (rpg >= rows and imp2 is None) or k > AUTO_OPTIMAL_MAX_K else "optimal"
     if init == "optimal" and rpg < rows:  # many codebooks: solved together
