@@ -8,7 +8,7 @@ One LLM-shaped weight matrix (8192 x 12288 = 100.7M float32 values, N(0, 0.02)),
 * ours-weighted, ours-optimal-weighted: the same with an importance per weight (squared Gaussian draws, as a
   Fisher diagonal would be), i.e. weighted k-means; their ``weighted_inertia`` is the importance-weighted error;
 * ours-optimal: ``cluster_weight(init="optimal")``: the dynamic programme of ``core.kmeans_optimal`` (every row
-  solved together; a row of up to 1024 values exactly, a longer one over 1024 runs of sorted values then Lloyd
+  solved together; a row of up to 1024 values exactly, a longer one over 1024 runs of sorted values (cut by rank and value) then Lloyd
   when that leaves >= 16 runs per centroid (exactly otherwise);
   a single codebook per tensor up to 4096 values exactly, over 4096 runs beyond);
 * scikit-learn ``KMeans`` (Lloyd, ``n_init=1``, same init, same tol) — it does O(n k) work per iteration, so it

@@ -31,11 +31,13 @@ def cluster_groups_lloyd(
     for g in range(n_groups):
         block = w2[g * rpg : (g + 1) * rpg].reshape(-1)
         nonzero = block != 0
-        values = block[nonzero]
+        dense = bool(nonzero.all())  # nothing pruned: no masked copies of the values and importances
+        values = block if dense else block[nonzero]
         if values.numel() == 0:
             found.append((torch.zeros(0), torch.zeros(0, dtype=torch.long), nonzero))
             continue
-        weights = None if imp2 is None else imp2[g * rpg : (g + 1) * rpg].reshape(-1)[nonzero]
+        weights = None if imp2 is None else imp2[g * rpg : (g + 1) * rpg].reshape(-1)
+        weights = weights if weights is None or dense else weights[nonzero]
         if weights is not None and float(weights.sum()) <= 0:
             weights = None
         result = kmeans_1d(values, k, weights=weights, **kmeans_args)
@@ -48,7 +50,11 @@ def cluster_groups_lloyd(
         if c.numel():
             centroids[g, : c.numel()] = c
             centroids[g, c.numel() :] = c[-1]
-            codes[g * per_group : g * per_group + nonzero.numel()][nonzero] = labels
+            block_codes = codes[g * per_group : g * per_group + nonzero.numel()]
+            if labels.numel() == nonzero.numel():
+                block_codes.copy_(labels)
+            else:
+                block_codes[nonzero] = labels
     return centroids, codes
 
 
