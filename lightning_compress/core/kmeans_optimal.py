@@ -97,8 +97,8 @@ def optimal_centroids_sorted(xs: torch.Tensor, k: int, ws: torch.Tensor | None =
     Up to ``TENSOR_POINTS`` values: the exact optimum. Beyond: the optimum over ``TENSOR_POINTS`` runs of
     consecutive values (a start that Lloyd's algorithm then refines on all the values, in ``core.kmeans``).
     """
-    x = xs.detach().double().reshape(1, -1)
-    w = torch.ones_like(x) if ws is None else ws.detach().double().reshape(1, -1)
+    x = xs.detach().reshape(1, -1)  # in its own dtype: the runs' sums are taken in float64 without a copy
+    w = torch.ones_like(x) if ws is None else ws.detach().reshape(1, -1)
     if x.shape[1] > TENSOR_POINTS >= RUNS_PER_CLUSTER * k:
         x, w = _atoms(x, w, TENSOR_POINTS)
     c, count = optimal_kmeans_rows(x, k, w, exact_points=TENSOR_POINTS)
@@ -187,23 +187,42 @@ def _atoms(xs: torch.Tensor, ws: torch.Tensor, count: int) -> tuple[torch.Tensor
     positive = ws > 0
     # rank over each row's real points (padding, weight 0, sits at the end of a row)
     length = (n - torch.argmax(positive.flip(1).to(torch.uint8), dim=1)).where(positive.any(1), n)[:, None]
-    rank = torch.arange(n, dtype=xs.dtype)[None, :] / (length - 1).clamp_min(1)
-    low, high = xs[:, :1], xs.gather(1, length - 1)
-    blend = rank + (xs - low) / (high - low).where(high > low, torch.ones_like(high))
-    targets = torch.linspace(0.0, 2.0, count + 1, dtype=xs.dtype)[None, :].expand(groups, -1).contiguous()
-    cuts = torch.searchsorted(blend.contiguous(), targets)
+    cuts = _blend_cuts(xs, length, torch.linspace(0.0, 2.0, count + 1, dtype=torch.float64))
     cuts[:, 0], cuts[:, -1] = 0, n
     start, stop = cuts[:, :-1], cuts[:, 1:]
     weight = _run_sums(ws, start, stop)
-    first, last = xs.gather(1, start.clamp_max(n - 1)), xs.gather(1, (stop - 1).clamp_min(0))
-    mean = _run_sums(ws * xs, start, stop) / weight.clamp_min(1e-300)
+    first = xs.gather(1, start.clamp_max(n - 1)).double()
+    last = xs.gather(1, (stop - 1).clamp_min(0)).double()
+    mean = _run_sums(xs.to(torch.float64, copy=True).mul_(ws), start, stop) / weight.clamp_min(1e-300)
     return torch.where(weight > 0, torch.minimum(torch.maximum(mean, first), last), first), weight
 
 
+def _blend_cuts(xs: torch.Tensor, length: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """For every row and target t, the first i with ``i / (length - 1) + (x_i - x_0) / (x_last - x_0) >= t``.
+
+    The blend is non-decreasing along a sorted row, so a bisection finds each cut from log2(n) lookups: no
+    n-sized float64 arrays for a codebook of millions of values.
+    """
+    groups, n = xs.shape
+    low, high = xs[:, :1].double(), xs.gather(1, length - 1).double()
+    span = (high - low).where(high > low, torch.ones_like(high))
+    rank_scale = (length - 1).clamp_min(1).double()
+    target = targets[None, :].expand(groups, -1)
+    lo = torch.zeros(target.shape, dtype=torch.long)
+    hi = torch.full(target.shape, n, dtype=torch.long)
+    for _ in range(n.bit_length()):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        below = mid / rank_scale + (xs.gather(1, mid.clamp_max(n - 1)).double() - low) / span < target
+        lo = torch.where(active & below, mid + 1, lo)
+        hi = torch.where(active & ~below, mid, hi)
+    return lo
+
+
 def _run_sums(values: torch.Tensor, start: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
-    """Sum of ``values[g, start:stop]`` for every row g and run, from one prefix sum per row."""
-    prefix = values.new_zeros(values.shape[0], values.shape[1] + 1)
-    torch.cumsum(values, 1, out=prefix[:, 1:])
+    """Sum of ``values[g, start:stop]`` for every row g and run, from one float64 prefix sum per row."""
+    prefix = values.new_zeros(values.shape[0], values.shape[1] + 1, dtype=torch.float64)
+    torch.cumsum(values, 1, dtype=torch.float64, out=prefix[:, 1:])
     return prefix.gather(1, stop) - prefix.gather(1, start)
 
 
