@@ -403,21 +403,24 @@ def render_lenet_tuning() -> str:
         for path in paths:
             data = load(path)
             out += [source(path, data) + f" Split: {data.get('split', split)}.", ""]
-            rows = [[name, str(len(s["seeds"])), ratio(s["ratio_stats"]["min"]) + " - " + ratio(s["ratio_stats"]["max"]),
+            rows = [[name, str(s.get("epochs", "n/a")), str(len(s["seeds"])), ratio(s["ratio_stats"]["min"]) + " - " + ratio(s["ratio_stats"]["max"]),
                      f"{s['delta_stats']['mean']:+.2f}", f"{s['delta_stats']['std']:.2f}",
                      ", ".join(f"{d:+.2f}" for d in s["delta_points"]),
                      "met" if s.get("goal_48x_0.3pt_met") else "not met",
                      "met" if s.get("aim_64x_0.3pt_met") else "not met"]
                     for name, s in data.get("summary", {}).items()]
-            out += [table(["candidate", "seeds", "ratio (min - max)", f"mean delta {split} acc (points)", "std",
+            out += [table(["candidate", "epochs", "seeds", "ratio (min - max)", f"mean delta {split} acc (points)", "std",
                            "per seed (seed order)", ">= 48x, mean drop <= 0.3", ">= 64x, mean drop <= 0.3"], rows,
-                          "---|---:|---:|---:|---:|---|---|---"), ""]
-            dense = {(r["net"], r["seed"]): r for r in data.get("runs", []) if r["candidate"].endswith("/dense")}
+                          "---|---:|---:|---:|---:|---:|---|---|---"), ""]
+            # each candidate against its dense twin (same epochs), named in the summary
+            twin = {name: s.get("dense") for name, s in data.get("summary", {}).items()}
+            dense = {(r["candidate"], r["seed"]): r for r in data.get("runs", [])
+                     if r["candidate"].split("/")[1].startswith("dense")}
             metric = "val_acc" if split == "validation" else "test_acc"
             rows = []
             for r in sorted(data.get("runs", []), key=lambda r: (r["candidate"], r["seed"])):
-                d = dense.get((r["net"], r["seed"]))
-                if r["candidate"].endswith("/dense") or d is None:
+                d = dense.get((twin.get(r["candidate"]) or f"{r['net']}/dense", r["seed"]))
+                if r["candidate"].split("/")[1].startswith("dense") or d is None:
                     continue
                 rows.append([r["candidate"], str(r["seed"]), num(r.get("file_bytes")), ratio(r.get("ratio")),
                              pct(r[metric]), pct(d[metric]), f"{100 * (r[metric] - d[metric]):+.2f}"])
