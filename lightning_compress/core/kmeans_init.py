@@ -40,8 +40,8 @@ def sort_pairs(flat: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor,
     order-keeping code of the value and whose low half holds the weight's bits (or, for other weight dtypes,
     its position), then sorted by NumPy's vectorised sort, where an argsort plus gathers costs ~3x sorting the
     values. Packing and unpacking go through uint32 views in cache-sized chunks, and the sorted weights are
-    compacted inside the sort's own buffer: no array of the data's size is allocated besides that buffer and
-    the sorted values (fresh pages of a large array cost as much as a pass over it).
+    compacted inside the sort's own buffer before their copy: no other temporary of the data's size (the fresh
+    pages of a large array cost as much as a pass over it).
     """
     if flat.device.type == "cpu" and flat.dtype == torch.float32 and flat.numel() < 2**32 and _LITTLE_ENDIAN:
         fast = weights.dtype == torch.float32
@@ -57,7 +57,8 @@ def sort_pairs(flat: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor,
         values = np.empty(n, dtype=np.uint32)
         for a, b in _chunks(n):
             np.bitwise_xor(halves[a:b, 1], _order_mask(halves[a:b, 1], inverse=True), out=values[a:b])
-        low = _compact_low_halves(packed)
+        low = _compact_low_halves(packed).copy()  # its own array: the sort buffer is freed before the prefix sums
+        del packed, halves
         ws = torch.from_numpy(low.view(np.float32)) if fast else weights.reshape(-1)[torch.from_numpy(low.astype(np.int64))]
         return torch.from_numpy(values.view(np.float32)), ws
     xs, order = torch.sort(flat)
