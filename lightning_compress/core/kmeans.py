@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lightning_compress.core.kmeans_binned import binned_applies, weighted_lloyd
 from lightning_compress.core.kmeans_init import (
     INITS,
     Init,
@@ -244,6 +245,12 @@ def kmeans_1d(
         raise ValueError("cannot cluster an empty tensor")
     out_dtype = flat.dtype if flat.is_floating_point() else torch.float32
     w = _check_weights(weights, flat)
+    if w is not None and binned_applies(flat, init, k):  # millions of weighted values: no paired sort
+        found = weighted_lloyd(flat, w, k, init, max_iter, tol)
+        if found is not None:
+            c, n_iter, converged, inertia = found
+            out, labels = _cast_distinct(torch.from_numpy(c), _labels(flat, torch.from_numpy(c)), out_dtype)
+            return KMeansResult(out, labels, inertia, n_iter, converged)
     xs, ws = (sort_values(flat), None) if w is None else sort_pairs(flat, w)
 
     weighted_values = xs if ws is None or bool((ws > 0).all()) else xs[ws > 0]  # a copy only with zero weights
