@@ -6,7 +6,8 @@ One LLM-shaped weight matrix (8192 x 12288 = 100.7M float32 values, N(0, 0.02)),
 * ours: ``core.kmeans.kmeans_1d`` (per tensor) and ``core.sharing.cluster_weight(granularity="channel")``
   (one 1-D k-means per output row), linear init, scikit-learn's ``tol=1e-4`` criterion;
 * ours-weighted, ours-optimal-weighted: the same with an importance per weight (squared Gaussian draws, as a
-  Fisher diagonal would be), i.e. weighted k-means; their ``weighted_inertia`` is the importance-weighted error;
+  Fisher diagonal would be), i.e. weighted k-means; their ``weighted_inertia`` is the importance-weighted error
+  (a per-tensor codebook of >= 2M values is solved over value bins, ``core.kmeans_binned``);
 * ours-optimal: ``cluster_weight(init="optimal")``: the dynamic programme of ``core.kmeans_optimal`` (every row
   solved together; a row of up to 1024 values exactly, a longer one over 1024 runs of sorted values (cut by rank and value) then Lloyd
   when that leaves >= 16 runs per centroid (exactly otherwise);

@@ -24,7 +24,10 @@ directly (constant layers included).
 Weighted k-means (``weights``: e.g. the Fisher diagonal, SqueezeLLM / Apple's SKM) minimises
 sum_i w_i (x_i - c_{a_i})^2 with the same structure: prefix sums of w, w x and w x^2 replace counts, sums and
 sums of squares, a cluster's centroid is its weighted mean, and a cluster of zero total weight counts as
-empty. Zero-weight points still get the nearest centroid; they pull on none.
+empty. Zero-weight points still get the nearest centroid; they pull on none. Sorting values with their weights
+costs a 64-bit sort; from ``kmeans_binned.MIN_POINTS`` float32 values on (linear or optimal start), the weighted
+problem is solved over value bins instead (``core.kmeans_binned``), which sorts only the bins the midpoints
+split.
 
 Prefix-sum differences can cancel catastrophically (a subnormal after -1 sums to exactly -1), so once the
 assignment settles (or cycles) the cell sums are recomputed inside each cell and Lloyd continues until the
