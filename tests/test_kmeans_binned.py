@@ -129,6 +129,16 @@ def test_what_binning_does_not_cover_goes_to_the_sorted_path(binned, monkeypatch
     assert binned == [False, False]
 
 
+def test_half_precision_weights_are_accepted(binned):
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6000, generator=g)
+    w = torch.rand(6000, generator=g)
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        res = kmeans_1d(x, 8, init="optimal", weights=w.to(dtype))
+        _assert_weighted_fixed_point(x, w.to(dtype).float(), res, 8)
+    assert binned == [True, True, True]
+
+
 def test_iteration_limits_and_tolerance_are_kept(binned):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(8000, generator=g)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lightning_compress.core.kmeans_init import _order_mask, midpoints
+from lightning_compress.core.kmeans_init import float_order_mask, midpoints
 from lightning_compress.core.kmeans_optimal import RUNS_PER_CLUSTER, TENSOR_POINTS, optimal_kmeans_rows
 
 #: Binning pays off once the 64-bit paired sort is what dominates; below this the sorted path is used.
@@ -49,6 +49,7 @@ def weighted_lloyd(flat: torch.Tensor, w: torch.Tensor, k: int, init: str, max_i
     must take the problem.
     """
     x = flat.numpy()
+    w = w if w.dtype in (torch.float32, torch.float64) else w.float()  # NumPy has no bfloat16
     low, high = torch.aminmax(flat)
     if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
         return None
@@ -245,7 +246,7 @@ def _mids(c: np.ndarray) -> np.ndarray:
 
 def _bin_ids(values: np.ndarray) -> np.ndarray:
     bits = values.view(np.uint32)
-    return ((bits ^ _order_mask(bits)) >> np.uint32(_SHIFT)).astype(np.intp)
+    return ((bits ^ float_order_mask(bits)) >> np.uint32(_SHIFT)).astype(np.intp)
 
 
 def _prefix(values: np.ndarray) -> np.ndarray:

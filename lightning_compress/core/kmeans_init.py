@@ -51,12 +51,12 @@ def sort_pairs(flat: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor,
         halves = packed.view(np.uint32).reshape(-1, 2)  # [:, 0] the low half, [:, 1] the high half
         bits = flat.numpy().view(np.uint32)
         for a, b in _chunks(n):
-            np.bitwise_xor(bits[a:b], _order_mask(bits[a:b]), out=halves[a:b, 1])
+            np.bitwise_xor(bits[a:b], float_order_mask(bits[a:b]), out=halves[a:b, 1])
             halves[a:b, 0] = low[a:b]
         packed.sort()
         values = np.empty(n, dtype=np.uint32)
         for a, b in _chunks(n):
-            np.bitwise_xor(halves[a:b, 1], _order_mask(halves[a:b, 1], inverse=True), out=values[a:b])
+            np.bitwise_xor(halves[a:b, 1], float_order_mask(halves[a:b, 1], inverse=True), out=values[a:b])
         low = _compact_low_halves(packed).copy()  # its own array: the sort buffer is freed before the prefix sums
         del packed, halves
         ws = torch.from_numpy(low.view(np.float32)) if fast else weights.reshape(-1)[torch.from_numpy(low.astype(np.int64))]
@@ -73,7 +73,7 @@ def _chunks(n: int):
     return ((a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK))
 
 
-def _order_mask(bits: np.ndarray, inverse: bool = False) -> np.ndarray:
+def float_order_mask(bits: np.ndarray, inverse: bool = False) -> np.ndarray:
     """XOR mask that maps float32 bits (uint32) to codes whose unsigned order is the floats' order (and back).
 
     Negative floats (sign bit set) have every bit flipped, so larger magnitudes sort lower; non-negative ones get
@@ -216,5 +216,6 @@ def init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None, ws: torch
 
 
 __all__ = [
-    "INITS", "Init", "cell_bounds", "generator", "init_sorted", "midpoints", "prefix_sum", "sort_pairs", "sort_values",
+    "INITS", "Init", "cell_bounds", "float_order_mask", "generator", "init_sorted", "midpoints", "prefix_sum", "sort_pairs",
+    "sort_values",
 ]
