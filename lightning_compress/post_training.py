@@ -84,8 +84,9 @@ def share_weights(
         target_bytes: with ``bits="auto"``, a size budget for the selected tensors' codes and codebooks plus
             every other parameter and buffer at 32 bits (an estimate of the file: no entropy coding).
         init: ``"auto"`` (default: Lloyd from the linear start for one unweighted codebook per tensor and above
-            4 bits, ``"optimal"`` for per-channel, per-group and Fisher-weighted ones up to 4 bits), ``"optimal"`` (the globally optimal codebooks by dynamic
-            programming, ``core.kmeans_optimal``) or a Lloyd start (``linear``, ``density``, ``random``, ``kmeans++``).
+            4 bits, ``"optimal"`` for per-channel, per-group and Fisher-weighted ones up to 4 bits), ``"optimal"``
+            (the globally optimal codebooks by dynamic programming, ``core.kmeans_optimal``) or a Lloyd start
+            (``linear``, ``density``, ``random``, ``kmeans++``).
         seed, max_iter, tol: Lloyd settings (``core.kmeans.kmeans_1d``).
     """
     _check_arguments(model, bits, granularity, weighting, dataloader, loss_fn, calibration_batches, target_bits,

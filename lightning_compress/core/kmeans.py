@@ -48,6 +48,7 @@ from lightning_compress.core.kmeans_init import (
     cell_bounds,
     init_sorted,
     midpoints,
+    prefix_sum,
     sort_pairs,
     sort_values,
 )
@@ -114,8 +115,8 @@ class _Cells:
         if w is not None and w.dtype not in (torch.float32, torch.float64):
             w = w.double()
         self.x, self.w = xs, w
-        self.sw = None if w is None else _prefix_sum64(w)
-        self.swx = _prefix_sum64(xs if w is None else xs.to(torch.float64, copy=True).mul_(w))
+        self.sw = None if w is None else prefix_sum(w)
+        self.swx = prefix_sum(xs if w is None else xs.to(torch.float64, copy=True).mul_(w))
         self.sq = _chunked(lambda a, b: float(self._wx(a, b).mul_(xs[a:b]).sum()), xs.numel())  # sum w x^2
 
     def _wx(self, a: int = 0, b: int | None = None) -> torch.Tensor:
@@ -163,13 +164,6 @@ class _Cells:
         cost = self.w * (self.x.double() - c[owner]) ** 2
         picks = torch.topk(cost, min(m, int((cost > 0).sum()))).indices
         return picks, owner[picks]
-
-
-def _prefix_sum64(values: torch.Tensor) -> torch.Tensor:
-    """``[0, v0, v0+v1, ...]`` accumulated in float64, without a float64 copy of ``values``."""
-    out = values.new_zeros(values.numel() + 1, dtype=torch.float64)
-    torch.cumsum(values, 0, dtype=torch.float64, out=out[1:])
-    return out
 
 
 def _chunked(fn, n: int, size: int = 1 << 22) -> float:
@@ -252,7 +246,8 @@ def kmeans_1d(
         found = weighted_lloyd(flat, w, k, init, max_iter, tol)
         if found is not None:
             c, n_iter, converged, inertia = found
-            out, labels = _cast_distinct(torch.from_numpy(c), _labels(flat, torch.from_numpy(c)), out_dtype)
+            c = torch.from_numpy(c)
+            out, labels = _cast_distinct(c, _labels(flat, c), out_dtype)
             return KMeansResult(out, labels, inertia, n_iter, converged)
     xs, ws = (sort_values(flat), None) if w is None else sort_pairs(flat, w)
 

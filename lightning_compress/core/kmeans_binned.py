@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lightning_compress.core.kmeans_init import float_order_mask, midpoints
+from lightning_compress.core.kmeans_init import chunk_bounds, float_order_mask, midpoints
 from lightning_compress.core.kmeans_optimal import RUNS_PER_CLUSTER, TENSOR_POINTS, optimal_kmeans_rows
 
 #: Binning pays off once the 64-bit paired sort is what dominates; below this the sorted path is used.
@@ -81,7 +81,7 @@ class _Bins:
         self.weight = np.zeros(_BINS)
         self.wsum = np.zeros(_BINS)
         self.sq = 0.0  # sum w x^2, for the tolerance and the inertia
-        for a, b in _chunks(x.size):
+        for a, b in chunk_bounds(x.size, _CHUNK):
             ids = _bin_ids(x[a:b])
             wc = w[a:b].astype(np.float64)
             wx = wc * x[a:b]
@@ -101,7 +101,7 @@ class _Bins:
         flag = np.zeros(_BINS, dtype=bool)
         flag[missing] = True
         parts = []
-        for a, b in _chunks(self.x.size):
+        for a, b in chunk_bounds(self.x.size, _CHUNK):
             ids = _bin_ids(self.x[a:b])
             pick = flag[ids]
             if pick.any():
@@ -253,10 +253,6 @@ def _prefix(values: np.ndarray) -> np.ndarray:
     out = np.zeros(values.size + 1)
     np.cumsum(values, out=out[1:])
     return out
-
-
-def _chunks(n: int):
-    return ((a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK))
 
 
 __all__ = ["MIN_POINTS", "binned_applies", "weighted_lloyd"]

@@ -20,9 +20,9 @@ INITS: tuple[str, ...] = ("linear", "density", "random", "kmeans++", "optimal")
 
 
 def prefix_sum(values: torch.Tensor) -> torch.Tensor:
-    """``[0, v0, v0+v1, ...]`` (n+1 entries) without an extra copy."""
-    out = values.new_zeros(values.numel() + 1)
-    torch.cumsum(values, 0, out=out[1:])
+    """``[0, v0, v0+v1, ...]`` (n+1 entries) accumulated in float64, without a float64 copy of ``values``."""
+    out = values.new_zeros(values.numel() + 1, dtype=torch.float64)
+    torch.cumsum(values, 0, dtype=torch.float64, out=out[1:])
     return out
 
 
@@ -50,12 +50,12 @@ def sort_pairs(flat: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor,
         packed = np.empty(n, dtype=np.uint64)
         halves = packed.view(np.uint32).reshape(-1, 2)  # [:, 0] the low half, [:, 1] the high half
         bits = flat.numpy().view(np.uint32)
-        for a, b in _chunks(n):
+        for a, b in chunk_bounds(n):
             np.bitwise_xor(bits[a:b], float_order_mask(bits[a:b]), out=halves[a:b, 1])
             halves[a:b, 0] = low[a:b]
         packed.sort()
         values = np.empty(n, dtype=np.uint32)
-        for a, b in _chunks(n):
+        for a, b in chunk_bounds(n):
             np.bitwise_xor(halves[a:b, 1], float_order_mask(halves[a:b, 1], inverse=True), out=values[a:b])
         low = _compact_low_halves(packed).copy()  # its own array: the sort buffer is freed before the prefix sums
         del packed, halves
@@ -69,8 +69,9 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 _CHUNK = 1 << 18
 
 
-def _chunks(n: int):
-    return ((a, min(a + _CHUNK, n)) for a in range(0, n, _CHUNK))
+def chunk_bounds(n: int, size: int = _CHUNK):
+    """``(a, b)`` for consecutive chunks [a, b) of [0, n): passes over large arrays with cache-sized temporaries."""
+    return ((a, min(a + size, n)) for a in range(0, n, size))
 
 
 def float_order_mask(bits: np.ndarray, inverse: bool = False) -> np.ndarray:
@@ -216,6 +217,6 @@ def init_sorted(xs: torch.Tensor, k: int, init: str, seed: int | None, ws: torch
 
 
 __all__ = [
-    "INITS", "Init", "cell_bounds", "float_order_mask", "generator", "init_sorted", "midpoints", "prefix_sum", "sort_pairs",
+    "INITS", "Init", "cell_bounds", "chunk_bounds", "float_order_mask", "generator", "init_sorted", "midpoints", "prefix_sum", "sort_pairs",
     "sort_values",
 ]

@@ -320,10 +320,9 @@ def cluster_weight(
     ``init="auto"``: an unweighted codebook per tensor uses Lloyd from the linear start (Deep Compression's
     choice: it keeps the rare large weights represented, which plain squared error undervalues; on TinyGPT it
     gave lower perplexity than the least-squares optimum in 3 of 4 comparisons, ``benchmarks/palettization.py``);
-    per-channel and
-    per-group codebooks, and importance-weighted ones (whose error already says what matters), use ``"optimal"``
-    up to ``AUTO_OPTIMAL_MAX_K`` centroids (4 bits), where the programme costs about what Lloyd does. Beyond,
-    Lloyd: the programme's time grows with k (at 64 centroids on 2048-value rows, 13x Lloyd's).
+    per-channel and per-group codebooks, and importance-weighted ones (whose error already says what matters),
+    use ``"optimal"`` up to ``AUTO_OPTIMAL_MAX_K`` centroids (4 bits), where the programme costs about what Lloyd
+    does. Beyond, Lloyd: the programme's time grows with k (at 64 centroids on 2048-value rows, 13x Lloyd's).
     """
     if importance is not None:
         if tuple(importance.shape) != tuple(weight.shape):
