@@ -447,6 +447,21 @@ def test_sort_pairs_keeps_each_weight_with_its_value():
         assert sorted(zip(xs.tolist(), ws.tolist())) == sorted(zip(x.tolist(), weights.tolist()))
 
 
+def test_sort_pairs_across_chunks_matches_an_argsort():
+    """Past one packing chunk (2^18 values) and through the in-place compaction of the sorted weights."""
+    from lightning_compress.core.kmeans_init import sort_pairs
+
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2 * 2**18 + 3, generator=g).round(decimals=2)  # many ties
+    w = torch.rand(x.numel(), generator=g)
+    xs, ws = sort_pairs(x, w)
+    order = torch.sort(x, stable=True)[1]
+    assert torch.equal(xs, x[order])
+    for value in (-1.0, 0.0, 0.37):  # a tie group's weights are the same multiset
+        assert torch.equal(torch.sort(ws[xs == value])[0], torch.sort(w[x == value])[0])
+    assert torch.equal(torch.sort(ws)[0], torch.sort(w)[0])
+
+
 def assert_lloyd_fixed_point_weighted(x: torch.Tensor, w: torch.Tensor, res, k: int) -> None:
     c = res.centroids.double()
     assert res.converged and c.numel() <= k and torch.all(c[1:] > c[:-1])

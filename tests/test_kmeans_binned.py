@@ -151,12 +151,16 @@ def test_iteration_limits_and_tolerance_are_kept(binned):
     assert tight.inertia <= loose.inertia * (1 + 1e-9)
 
 
-def test_large_weighted_tensors_take_the_binned_path_by_default():
+def test_large_weighted_tensors_take_the_binned_path_by_default(monkeypatch):
     g = torch.Generator().manual_seed(8)
     x = torch.randn(kmeans_binned.MIN_POINTS, generator=g) * 0.02
     w = torch.rand(kmeans_binned.MIN_POINTS, generator=g)
     assert kmeans_binned.binned_applies(x, "optimal", 16) and not kmeans_binned.binned_applies(x[:-1], "optimal", 16)
+    answered: list[bool] = []
+    solve = kmeans_binned.weighted_lloyd
+    monkeypatch.setattr(kmeans_module, "weighted_lloyd", lambda *a: answered.append(solve(*a) is not None) or solve(*a))
     res = kmeans_1d(x, 16, init="optimal", weights=w, tol=1e-4)
+    assert answered == [True]  # solved over bins, not handed back to the sorted path
     assert res.converged and res.centroids.numel() == 16 and res.labels.shape == x.shape
     centroids = res.centroids.double()
     assert res.inertia == pytest.approx(float((w.double() * (x.double() - centroids[res.labels]) ** 2).sum()), rel=1e-6)
